@@ -1,0 +1,1107 @@
+//! CSI Controller service: volumes (datasets and zvols), snapshots, clones, capacity.
+//!
+//! Each RPC reads top to bottom: validate the request in the spec's order, take the ID's
+//! operation lock, check idempotency, act, answer. All state is in ZFS user properties
+//! (`state.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::capability::{self, AccessType};
+use crate::csi::{self, controller_server::Controller, controller_service_capability, volume_content_source};
+use crate::driver::Driver;
+use crate::errors::{missing, zfs_status};
+use crate::params::{FsType, QuotaType, VolumeParams};
+use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
+use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, Properties, SnapshotName, ZfsError};
+
+/// Capacity of a volume when the request gives none.
+const DEFAULT_CAPACITY: u64 = 1 << 30;
+/// A zvol's size must be a multiple of its volblocksize. Without an explicit one we round to
+/// 16 KiB, the default since OpenZFS 2.2 and a multiple of 2.1's 8 KiB.
+const DEFAULT_ZVOL_GRANULE: u64 = 16 << 10;
+
+pub struct ControllerService {
+    driver: Arc<Driver>,
+}
+
+impl ControllerService {
+    pub fn new(driver: Arc<Driver>) -> Self {
+        Self { driver }
+    }
+}
+
+/// What a CreateVolume request asks for, once validated.
+struct VolumeRequest {
+    csi_name: String,
+    name: DatasetName,
+    kind: VolumeKind,
+    /// The filesystem on a zvol; `None` for a raw block zvol and for datasets.
+    zvol_fstype: Option<FsType>,
+    capacity: u64,
+    params: VolumeParams,
+    source: Option<ContentSource>,
+}
+
+#[derive(Clone, Debug)]
+enum ContentSource {
+    Snapshot(SnapshotName),
+    Volume(DatasetName),
+}
+
+impl ContentSource {
+    fn to_property(&self) -> String {
+        match self {
+            ContentSource::Snapshot(s) => format!("snapshot:{s}"),
+            ContentSource::Volume(v) => format!("volume:{v}"),
+        }
+    }
+
+    fn to_csi(&self) -> csi::VolumeContentSource {
+        let r#type = match self {
+            ContentSource::Snapshot(s) => volume_content_source::Type::Snapshot(
+                volume_content_source::SnapshotSource { snapshot_id: s.to_string() },
+            ),
+            ContentSource::Volume(v) => volume_content_source::Type::Volume(
+                volume_content_source::VolumeSource { volume_id: v.to_string() },
+            ),
+        };
+        csi::VolumeContentSource { r#type: Some(r#type) }
+    }
+}
+
+fn content_source_from_property(value: &str) -> Option<csi::VolumeContentSource> {
+    let source = if let Some(s) = value.strip_prefix("snapshot:") {
+        ContentSource::Snapshot(SnapshotName::parse(s).ok()?)
+    } else {
+        ContentSource::Volume(DatasetName::parse(value.strip_prefix("volume:")?).ok()?)
+    };
+    Some(source.to_csi())
+}
+
+fn round_up(value: u64, granule: u64) -> Option<u64> {
+    value.div_ceil(granule).checked_mul(granule)
+}
+
+/// The capacity to provision (CSI CapacityRange semantics): at least `required_bytes`, at most
+/// `limit_bytes`, rounded up to `granule`; OUT_OF_RANGE when no such size exists.
+fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, minimum: u64) -> Result<u64, Status> {
+    let (required, limit) = range.map(|r| (r.required_bytes, r.limit_bytes)).unwrap_or((0, 0));
+    if required < 0 || limit < 0 {
+        return Err(Status::invalid_argument("capacity_range: bytes must not be negative"));
+    }
+    let (required, limit) = (required as u64, limit as u64);
+    if limit > 0 && limit < required {
+        return Err(Status::invalid_argument(format!(
+            "capacity_range: limit_bytes {limit} is below required_bytes {required}"
+        )));
+    }
+    let wanted = if required > 0 {
+        required
+    } else if limit > 0 {
+        DEFAULT_CAPACITY.min(limit)
+    } else {
+        DEFAULT_CAPACITY
+    }
+    .max(minimum);
+    let size = round_up(wanted, granule).ok_or_else(|| Status::out_of_range("capacity_range: too large"))?;
+    if limit > 0 && size > limit {
+        return Err(Status::out_of_range(format!(
+            "capacity_range: {wanted} bytes rounded up to the block size {granule} is {size}, above limit_bytes {limit}"
+        )));
+    }
+    if size > i64::MAX as u64 {
+        return Err(Status::out_of_range("capacity_range: too large"));
+    }
+    Ok(size)
+}
+
+fn topology_matches(driver: &Driver, topology: &csi::Topology) -> bool {
+    topology.segments.get(&driver.topology_key()) == Some(&driver.node_id)
+}
+
+fn csi_volume(volume: &VolumeInfo, topology: csi::Topology) -> csi::Volume {
+    csi::Volume {
+        capacity_bytes: volume.capacity as i64,
+        volume_id: volume.name.to_string(),
+        volume_context: volume.volume_context(),
+        content_source: volume.content_source.as_deref().and_then(content_source_from_property),
+        accessible_topology: vec![topology],
+    }
+}
+
+fn csi_snapshot(snapshot: &SnapshotInfo) -> csi::Snapshot {
+    let source = snapshot.name.split_once('@').map(|(d, _)| d).unwrap_or_default();
+    csi::Snapshot {
+        size_bytes: snapshot.size_bytes as i64,
+        snapshot_id: snapshot.name.clone(),
+        source_volume_id: source.to_string(),
+        creation_time: Some(prost_types::Timestamp { seconds: snapshot.creation, nanos: 0 }),
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
+
+/// ListVolumes/ListSnapshots pagination: the token is the index of the next entry. A token
+/// that no longer fits the list is ABORTED, as the spec asks.
+fn paginate<T>(mut items: Vec<T>, max_entries: i32, starting_token: &str) -> Result<(Vec<T>, String), Status> {
+    if max_entries < 0 {
+        return Err(Status::invalid_argument("max_entries must not be negative"));
+    }
+    let start = if starting_token.is_empty() {
+        0
+    } else {
+        match starting_token.parse::<usize>() {
+            Ok(n) if n <= items.len() => n,
+            _ => {
+                return Err(Status::aborted(format!(
+                    "starting_token {starting_token:?} does not fit the current list; list again from the start"
+                )))
+            }
+        }
+    };
+    let end = if max_entries == 0 { items.len() } else { (start + max_entries as usize).min(items.len()) };
+    let next = if end < items.len() { end.to_string() } else { String::new() };
+    Ok((items.drain(start..end).collect(), next))
+}
+
+type BoxedResult<'a> = Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>>;
+
+impl ControllerService {
+    fn default_parent(&self) -> &DatasetName {
+        // Config parsing guarantees at least one parent.
+        &self.driver.parents[0]
+    }
+
+    fn resolve_parent(&self, params: &VolumeParams) -> Result<DatasetName, Status> {
+        let parent = params.parent.clone().unwrap_or_else(|| self.default_parent().clone());
+        if !self.driver.parents.iter().any(|p| parent.is_same_or_under(p)) {
+            let parents: Vec<&str> = self.driver.parents.iter().map(|p| p.as_str()).collect();
+            return Err(Status::invalid_argument(format!(
+                "poolname {parent} is not served by this node (parents: {})",
+                parents.join(", ")
+            )));
+        }
+        Ok(parent)
+    }
+
+    /// Validates a CreateVolume request into what to create.
+    fn volume_request(&self, req: &csi::CreateVolumeRequest) -> Result<VolumeRequest, Status> {
+        if req.name.is_empty() {
+            return Err(missing("name"));
+        }
+        validate_component(&req.name)
+            .map_err(|e| Status::invalid_argument(format!("name {:?} cannot name a dataset: {e}", req.name)))?;
+        if req.volume_capabilities.is_empty() {
+            return Err(missing("volume_capabilities"));
+        }
+        let access: Vec<AccessType> =
+            req.volume_capabilities.iter().map(capability::parse).collect::<Result<_, _>>()?;
+        let params = VolumeParams::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        let parent = self.resolve_parent(&params)?;
+        if let Some(requirement) = &req.accessibility_requirements {
+            if !requirement.requisite.is_empty()
+                && !requirement.requisite.iter().any(|t| topology_matches(&self.driver, t))
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "the requisite topology does not include this node ({}={}); its pools are local to it",
+                    self.driver.topology_key(),
+                    self.driver.node_id
+                )));
+            }
+        }
+        let wants_block = access.iter().any(|a| *a == AccessType::Block);
+        let mount_fs: Vec<FsType> = access
+            .iter()
+            .filter_map(|a| match a {
+                AccessType::Mount { fs_type, .. } => *fs_type,
+                AccessType::Block => None,
+            })
+            .collect();
+        if wants_block && access.iter().any(|a| matches!(a, AccessType::Mount { .. })) {
+            return Err(Status::invalid_argument(
+                "volume_capabilities ask for both block and mount access; a volume is one or the other",
+            ));
+        }
+        let (kind, zvol_fstype) = if wants_block {
+            // A raw block volume is a zvol whatever the class's fstype says.
+            (VolumeKind::Zvol, None)
+        } else {
+            let fstype = match (params.fstype, mount_fs.first()) {
+                (Some(p), Some(c)) if p != *c => {
+                    return Err(Status::invalid_argument(format!(
+                        "the StorageClass fstype {} differs from the capability's fs_type {}",
+                        p.as_str(),
+                        c.as_str()
+                    )))
+                }
+                (Some(p), _) => p,
+                (None, Some(c)) => *c,
+                (None, None) => FsType::Zfs,
+            };
+            if mount_fs.iter().any(|f| *f != fstype) {
+                return Err(Status::invalid_argument("volume_capabilities name different fs_types"));
+            }
+            match fstype {
+                FsType::Zfs => (VolumeKind::Filesystem, None),
+                other => (VolumeKind::Zvol, Some(other)),
+            }
+        };
+        if kind == VolumeKind::Filesystem && params.volblocksize.is_some() {
+            return Err(Status::invalid_argument("volblocksize applies to zvols only (block or ext4/xfs/btrfs)"));
+        }
+        let granule = match kind {
+            VolumeKind::Zvol => params.volblocksize.unwrap_or(DEFAULT_ZVOL_GRANULE),
+            VolumeKind::Filesystem => 1,
+        };
+        let capacity = capacity_from_range(req.capacity_range.as_ref(), granule, granule)?;
+        let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            None => None,
+            Some(volume_content_source::Type::Snapshot(s)) => Some(ContentSource::Snapshot(
+                self.driver
+                    .snapshot_name(&s.snapshot_id)?
+                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?,
+            )),
+            Some(volume_content_source::Type::Volume(v)) => Some(ContentSource::Volume(
+                self.driver
+                    .volume_name(&v.volume_id)?
+                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?,
+            )),
+        };
+        let name = parent
+            .child(&req.name)
+            .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
+        Ok(VolumeRequest { csi_name: req.name.clone(), name, kind, zvol_fstype, capacity, params, source })
+    }
+
+    /// Properties set at creation: our state, then the StorageClass's ZFS properties that
+    /// differ from the parent's effective values (equal ones stay inherited).
+    async fn creation_properties(&self, request: &VolumeRequest) -> Result<Properties, Status> {
+        let mut props: Properties = Vec::new();
+        let mut push = |k: &str, v: String| props.push((k.to_string(), v));
+        push(prop::MANAGED_BY, self.driver.name.clone());
+        push(prop::CSI_NAME, request.csi_name.clone());
+        push(prop::CAPACITY, request.capacity.to_string());
+        push(prop::PARAMETERS, canonical_parameters(&request.params.storage_class));
+        if let Some(source) = &request.source {
+            push(prop::CONTENT_SOURCE, source.to_property());
+        }
+        push(
+            prop::FSTYPE,
+            match (request.kind, request.zvol_fstype) {
+                (VolumeKind::Filesystem, _) => "zfs".to_string(),
+                (VolumeKind::Zvol, Some(fs)) => fs.as_str().to_string(),
+                (VolumeKind::Zvol, None) => "block".to_string(),
+            },
+        );
+        if request.params.shared {
+            push(prop::SHARED, "yes".to_string());
+        }
+        let metadata = &request.params.metadata;
+        for (key, value) in [
+            (prop::PVC_NAME, &metadata.pvc_name),
+            (prop::PVC_NAMESPACE, &metadata.pvc_namespace),
+            (prop::PV_NAME, &metadata.pv_name),
+        ] {
+            if let Some(v) = value {
+                push(key, v.clone());
+            }
+        }
+        let wanted: Vec<(&str, String)> = request
+            .params
+            .zfs_properties()
+            .into_iter()
+            .filter(|(k, _)| !(request.kind == VolumeKind::Zvol && *k == "recordsize"))
+            .collect();
+        if !wanted.is_empty() {
+            let parent = request.name.parent().unwrap_or_else(|| request.name.clone());
+            let keys: Vec<&str> = wanted.iter().map(|(k, _)| *k).collect();
+            let effective = self
+                .driver
+                .zfs
+                .get_one(&parent, &keys)
+                .await
+                .map_err(|e| zfs_status(&format!("reading the properties of {parent}"), e))?;
+            for (key, value) in wanted {
+                if effective.get(key) != Some(value.as_str()) {
+                    props.push((key.to_string(), value));
+                }
+            }
+        }
+        for (key, value) in request.params.encryption_properties() {
+            props.push((key.to_string(), value));
+        }
+        if request.kind == VolumeKind::Filesystem {
+            // The node mounts datasets itself (`mount -t zfs`), never ZFS automount.
+            props.push(("mountpoint".to_string(), "legacy".to_string()));
+            let quota = match request.params.quota_type {
+                QuotaType::RefQuota => ("refquota", "refreservation"),
+                QuotaType::Quota => ("quota", "reservation"),
+            };
+            props.push((quota.0.to_string(), request.capacity.to_string()));
+            if !request.params.thin {
+                props.push((quota.1.to_string(), request.capacity.to_string()));
+            }
+        } else if let Some(block) = request.params.volblocksize {
+            props.push(("volblocksize".to_string(), block.to_string()));
+        }
+        Ok(props)
+    }
+
+    /// A repeated CreateVolume: the same volume when the arguments are compatible, after
+    /// finishing a resize that a crash may have interrupted; ALREADY_EXISTS otherwise.
+    async fn existing_volume(&self, request: &VolumeRequest) -> Result<VolumeInfo, Status> {
+        let conflict = |why: &str| {
+            Status::already_exists(format!(
+                "volume {} already exists with {why}; use another name or the original arguments",
+                request.name
+            ))
+        };
+        let existing = self
+            .driver
+            .volume(&request.name)
+            .await?
+            .ok_or_else(|| Status::aborted(format!("volume {} vanished while being created; retry", request.name)))?;
+        if !existing.managed || existing.csi_name.as_deref() != Some(request.csi_name.as_str()) {
+            return Err(conflict("a dataset that this driver did not create for this request"));
+        }
+        if existing.deleted {
+            return Err(conflict("a deleted volume kept for its snapshots"));
+        }
+        if existing.kind != request.kind {
+            return Err(conflict(&format!("kind {}", existing.kind.as_str())));
+        }
+        if existing.parameters.as_deref() != Some(canonical_parameters(&request.params.storage_class).as_str()) {
+            return Err(conflict("different StorageClass parameters"));
+        }
+        if existing.content_source != request.source.as_ref().map(ContentSource::to_property) {
+            return Err(conflict("a different content source"));
+        }
+        let stored: u64 = self
+            .driver
+            .zfs
+            .get_one(&request.name, &[prop::CAPACITY])
+            .await
+            .map_err(|e| zfs_status(&format!("reading volume {}", request.name), e))?
+            .get_u64(prop::CAPACITY)
+            .unwrap_or(existing.capacity);
+        if stored != request.capacity {
+            return Err(conflict(&format!("capacity {stored} bytes")));
+        }
+        if existing.capacity < stored {
+            self.resize(&existing, stored, &request.params).await?;
+            return self.driver.volume(&request.name).await?.ok_or_else(|| {
+                Status::aborted(format!("volume {} vanished while being created; retry", request.name))
+            });
+        }
+        Ok(existing)
+    }
+
+    /// Grows a clone to its requested capacity.
+    async fn resize(&self, volume: &VolumeInfo, capacity: u64, params: &VolumeParams) -> Result<(), Status> {
+        let mut props: Properties = Vec::new();
+        match volume.kind {
+            VolumeKind::Zvol => {
+                props.push(("volsize".to_string(), capacity.to_string()));
+                if !params.thin {
+                    // "auto" keeps a thick zvol's reservation equal to its size.
+                    props.push(("refreservation".to_string(), "auto".to_string()));
+                }
+            }
+            VolumeKind::Filesystem => {
+                let (quota, reservation) = match params.quota_type {
+                    QuotaType::RefQuota => ("refquota", "refreservation"),
+                    QuotaType::Quota => ("quota", "reservation"),
+                };
+                props.push((quota.to_string(), capacity.to_string()));
+                if !params.thin {
+                    props.push((reservation.to_string(), capacity.to_string()));
+                }
+            }
+        }
+        self.driver
+            .zfs
+            .set(&volume.name, &props)
+            .await
+            .map_err(|e| zfs_status(&format!("growing clone {} to {capacity} bytes", volume.name), e))
+    }
+
+    /// Creates a clone of `source` as `request.name`. A volume source is cloned through a
+    /// snapshot the driver takes (and marks internal) first.
+    async fn create_clone(&self, request: &VolumeRequest, source: &ContentSource, props: &Properties) -> Result<(), Status> {
+        let zfs = &self.driver.zfs;
+        let (origin, source_capacity, source_kind) = match source {
+            ContentSource::Snapshot(snapshot) => {
+                let info = zfs
+                    .find(snapshot, SNAPSHOT_PROPERTIES)
+                    .await
+                    .map_err(|e| zfs_status(&format!("reading source snapshot {snapshot}"), e))?
+                    .map(|d| SnapshotInfo::from_dataset(&d, &self.driver.name))
+                    .filter(|s| !s.deferred_destroy)
+                    .ok_or_else(|| Status::not_found(format!("source snapshot {snapshot} does not exist")))?;
+                let volume = self.driver.volume(snapshot.dataset()).await?.ok_or_else(|| {
+                    Status::not_found(format!("the volume of source snapshot {snapshot} does not exist"))
+                })?;
+                let capacity = if info.size_bytes > 0 { info.size_bytes } else { volume.capacity };
+                (snapshot.clone(), capacity, volume.kind)
+            }
+            ContentSource::Volume(name) => {
+                let volume = self
+                    .driver
+                    .volume(name)
+                    .await?
+                    .filter(|v| !v.deleted)
+                    .ok_or_else(|| Status::not_found(format!("source volume {name} does not exist")))?;
+                let snapshot = name
+                    .snapshot(&format!("clone-{}", request.csi_name))
+                    .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", request.csi_name)))?;
+                let snapshot_props: Properties = vec![
+                    (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
+                    (prop::CLONE_OF_VOLUME.to_string(), request.name.to_string()),
+                    (prop::CAPACITY.to_string(), volume.capacity.to_string()),
+                ];
+                self.check_clone_source(request, &snapshot, volume.kind)?;
+                match zfs.snapshot(&snapshot, &snapshot_props).await {
+                    Ok(()) => {}
+                    // Left by an interrupted earlier attempt for this same clone.
+                    Err(ZfsError::AlreadyExists(_)) => {}
+                    Err(e) => return Err(zfs_status(&format!("snapshotting source volume {name}"), e)),
+                }
+                (snapshot, volume.capacity, volume.kind)
+            }
+        };
+        self.check_clone_source(request, &origin, source_kind)?;
+        if request.capacity < source_capacity {
+            return Err(Status::out_of_range(format!(
+                "requested {} bytes is smaller than the source's {source_capacity} bytes; a clone cannot shrink",
+                request.capacity
+            )));
+        }
+        zfs.clone_snapshot(&origin, &request.name, props).await.map_err(|e| {
+            zfs_status(&format!("cloning {origin} into volume {}", request.name), e)
+        })?;
+        let created = self.driver.volume(&request.name).await?.ok_or_else(|| {
+            Status::internal(format!("clone {} is missing right after its creation", request.name))
+        })?;
+        if created.capacity < request.capacity {
+            self.resize(&created, request.capacity, &request.params).await?;
+        }
+        Ok(())
+    }
+
+    fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, kind: VolumeKind) -> Result<(), Status> {
+        if origin.dataset().pool() != request.name.pool() {
+            return Err(Status::invalid_argument(format!(
+                "the source {origin} is in pool {}, the new volume in pool {}: ZFS clones stay within a pool",
+                origin.dataset().pool(),
+                request.name.pool()
+            )));
+        }
+        if kind != request.kind {
+            return Err(Status::invalid_argument(format!(
+                "the source {origin} is a {} but the request asks for a {}",
+                kind.as_str(),
+                request.kind.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Destroys a volume the driver created, or, while snapshots or clones depend on it, marks
+    /// it deleted so it is destroyed with its last dependent. Then reaps what it depended on.
+    fn destroy_volume<'a>(&'a self, volume: &'a VolumeInfo) -> BoxedResult<'a> {
+        Box::pin(async move {
+            let zfs = &self.driver.zfs;
+            let what = format!("deleting volume {}", volume.name);
+            let mut result = zfs.destroy_dataset(&volume.name).await;
+            if matches!(result, Err(ZfsError::HasDependents(_))) && self.reap_internal_snapshots(&volume.name).await? {
+                result = zfs.destroy_dataset(&volume.name).await;
+            }
+            match result {
+                Ok(()) | Err(ZfsError::NotFound(_)) => {
+                    tracing::info!(volume = %volume.name, "destroyed");
+                    self.reap_origin(volume.origin.as_deref()).await
+                }
+                Err(ZfsError::HasDependents(_)) => {
+                    let mark = vec![(prop::DELETED.to_string(), "true".to_string())];
+                    zfs.set(&volume.name, &mark).await.map_err(|e| zfs_status(&what, e))?;
+                    tracing::info!(volume = %volume.name,
+                        "snapshots or clones depend on it: hidden now, destroyed with its last dependent");
+                    Ok(())
+                }
+                Err(e) => Err(zfs_status(&what, e)),
+            }
+        })
+    }
+
+    /// Destroys the driver's internal clone snapshots of `name` that no clone uses any more
+    /// (left by an interrupted CreateVolume). True when any went.
+    async fn reap_internal_snapshots(&self, name: &DatasetName) -> Result<bool, Status> {
+        let snapshots = self
+            .driver
+            .zfs
+            .get(name, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot])
+            .await
+            .map_err(|e| zfs_status(&format!("listing the snapshots of {name}"), e))?;
+        let mut reaped = false;
+        for snapshot in snapshots.iter().map(|d| SnapshotInfo::from_dataset(d, &self.driver.name)) {
+            if snapshot.managed && snapshot.internal && snapshot.clones.is_empty() {
+                if let Ok(snap) = SnapshotName::parse(&snapshot.name) {
+                    match self.driver.zfs.destroy_snapshot(&snap, Destroy::DeferWhileCloned).await {
+                        Ok(()) | Err(ZfsError::NotFound(_)) => reaped = true,
+                        Err(e) => tracing::warn!(snapshot = %snap, "cannot reap internal snapshot: {e}"),
+                    }
+                }
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// After a clone went: its internal origin snapshot goes too, and the origin's volume if
+    /// it was deleted and this was its last dependent.
+    async fn reap_origin(&self, origin: Option<&str>) -> Result<(), Status> {
+        let Some(origin) = origin.and_then(|o| SnapshotName::parse(o).ok()) else {
+            return Ok(());
+        };
+        if !self.driver.is_within_parents(origin.dataset()) {
+            return Ok(());
+        }
+        let zfs = &self.driver.zfs;
+        if let Ok(Some(snapshot)) = zfs.find(&origin, SNAPSHOT_PROPERTIES).await {
+            let snapshot = SnapshotInfo::from_dataset(&snapshot, &self.driver.name);
+            if snapshot.managed && snapshot.internal && snapshot.clones.is_empty() {
+                if let Err(e) = zfs.destroy_snapshot(&origin, Destroy::DeferWhileCloned).await {
+                    tracing::warn!(snapshot = %origin, "cannot destroy internal snapshot: {e}");
+                }
+            }
+        }
+        self.reap_deleted_volume(origin.dataset()).await
+    }
+
+    /// Destroys `name` if the driver marked it deleted and nothing depends on it any more.
+    async fn reap_deleted_volume(&self, name: &DatasetName) -> Result<(), Status> {
+        match self.driver.volume(name).await? {
+            Some(volume) if volume.managed && volume.deleted => self.destroy_volume(&volume).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn snapshot_info(&self, name: &SnapshotName) -> Result<Option<SnapshotInfo>, Status> {
+        Ok(self
+            .driver
+            .zfs
+            .find(name, SNAPSHOT_PROPERTIES)
+            .await
+            .map_err(|e| zfs_status(&format!("reading snapshot {name}"), e))?
+            .map(|d| SnapshotInfo::from_dataset(&d, &self.driver.name)))
+    }
+
+    /// Every snapshot below the configured parents whose short name is `short_name`.
+    async fn snapshots_named(&self, short_name: &str) -> Result<Vec<String>, Status> {
+        let mut found = Vec::new();
+        for parent in &self.driver.parents {
+            let snapshots = self
+                .driver
+                .zfs
+                .get(parent, &["type"], Depth::All, &[DatasetType::Snapshot])
+                .await
+                .map_err(|e| zfs_status(&format!("listing the snapshots of {parent}"), e))?;
+            found.extend(
+                snapshots
+                    .into_iter()
+                    .filter(|d| d.name.split_once('@').is_some_and(|(_, s)| s == short_name))
+                    .map(|d| d.name),
+            );
+        }
+        Ok(found)
+    }
+
+    /// The driver's volumes and snapshots below all parents (nested parents listed once).
+    async fn list_below_parents(&self, properties: &[&str], types: &[DatasetType]) -> Result<Vec<crate::zfs::Dataset>, Status> {
+        let mut all: BTreeMap<String, crate::zfs::Dataset> = BTreeMap::new();
+        for parent in &self.driver.parents {
+            let datasets = match self.driver.zfs.get(parent, properties, Depth::All, types).await {
+                Ok(d) => d,
+                Err(ZfsError::NotFound(_)) => continue,
+                Err(e) => return Err(zfs_status(&format!("listing {parent}"), e)),
+            };
+            for dataset in datasets {
+                all.entry(dataset.name.clone()).or_insert(dataset);
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let request = self.volume_request(&req)?;
+        let _lock = self.driver.lock(request.name.as_str())?;
+        let props = self.creation_properties(&request).await?;
+        let zfs = &self.driver.zfs;
+        let what = format!("creating volume {}", request.name);
+        let created = match (&request.source, request.kind) {
+            (Some(source), _) => self.create_clone(&request, source, &props).await,
+            (None, VolumeKind::Filesystem) => {
+                zfs.create_filesystem(&request.name, &props).await.map_err(|e| zfs_status(&what, e))
+            }
+            (None, VolumeKind::Zvol) => zfs
+                .create_volume(&request.name, request.capacity, request.params.thin, &props)
+                .await
+                .map_err(|e| zfs_status(&what, e)),
+        };
+        let volume = match created {
+            Ok(()) => {
+                tracing::info!(volume = %request.name, kind = request.kind.as_str(), capacity = request.capacity, "created");
+                self.driver.volume(&request.name).await?.ok_or_else(|| {
+                    Status::internal(format!("volume {} is missing right after its creation", request.name))
+                })?
+            }
+            Err(status) if status.code() == tonic::Code::AlreadyExists => self.existing_volume(&request).await?,
+            Err(status) if status.code() == tonic::Code::NotFound && request.source.is_none() => {
+                return Err(Status::invalid_argument(format!(
+                    "{}; does poolname {} exist?",
+                    status.message(),
+                    request.name.parent().map(|p| p.to_string()).unwrap_or_default()
+                )))
+            }
+            Err(status) => return Err(status),
+        };
+        Ok(Response::new(csi::CreateVolumeResponse {
+            volume: Some(csi_volume(&volume, self.driver.topology())),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let Some(name) = self.driver.volume_name(&req.volume_id)? else {
+            tracing::info!(volume = %req.volume_id, "not below a configured parent: nothing of ours to delete");
+            return Ok(Response::new(csi::DeleteVolumeResponse {}));
+        };
+        let _lock = self.driver.lock(name.as_str())?;
+        match self.driver.volume(&name).await? {
+            None => tracing::info!(volume = %name, "already gone"),
+            Some(volume) if !volume.managed => tracing::info!(volume = %name,
+                "not created by this driver (imported or the operator's): left in place with its data"),
+            Some(volume) => self.destroy_volume(&volume).await?,
+        }
+        Ok(Response::new(csi::DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _request: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        Err(Status::unimplemented("local ZFS volumes need no controller publish (attachRequired: false)"))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _request: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented("local ZFS volumes need no controller unpublish (attachRequired: false)"))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = request.into_inner();
+        let name = self.driver.volume_name(&req.volume_id)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(missing("volume_capabilities"));
+        }
+        let volume = match name {
+            Some(name) => self.driver.volume(&name).await?.filter(|v| !v.deleted),
+            None => None,
+        }
+        .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+        let mut problems = Vec::new();
+        for cap in &req.volume_capabilities {
+            match (capability::parse(cap), volume.kind) {
+                (Err(e), _) => problems.push(e.message().to_string()),
+                (Ok(AccessType::Block), VolumeKind::Filesystem) => {
+                    problems.push("a ZFS filesystem cannot be used as a raw block device".into())
+                }
+                (Ok(AccessType::Mount { fs_type: Some(fs), .. }), VolumeKind::Filesystem) if fs != FsType::Zfs => {
+                    problems.push(format!("a ZFS filesystem cannot be mounted as {}", fs.as_str()))
+                }
+                (Ok(AccessType::Mount { fs_type: Some(FsType::Zfs), .. }), VolumeKind::Zvol) => {
+                    problems.push("a zvol cannot be mounted as zfs".into())
+                }
+                _ => {}
+            }
+        }
+        if !problems.is_empty() {
+            return Ok(Response::new(csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: problems.join("; "),
+            }));
+        }
+        Ok(Response::new(csi::ValidateVolumeCapabilitiesResponse {
+            confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                volume_context: req.volume_context,
+                volume_capabilities: req.volume_capabilities,
+                parameters: req.parameters,
+                mutable_parameters: req.mutable_parameters,
+            }),
+            message: String::new(),
+        }))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        let datasets = self
+            .list_below_parents(VOLUME_PROPERTIES, &[DatasetType::Filesystem, DatasetType::Volume])
+            .await?;
+        let volumes: Vec<VolumeInfo> = datasets
+            .iter()
+            .filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name))
+            .filter(|v| v.managed && !v.deleted && self.driver.is_within_parents(&v.name))
+            .collect();
+        let (page, next_token) = paginate(volumes, req.max_entries, &req.starting_token)?;
+        let mut conditions: HashMap<String, csi::VolumeCondition> = HashMap::new();
+        let mut entries = Vec::with_capacity(page.len());
+        for volume in page {
+            let pool = volume.name.pool().to_string();
+            if !conditions.contains_key(&pool) {
+                let condition = self.driver.volume_condition(&volume.name).await;
+                conditions.insert(pool.clone(), condition);
+            }
+            entries.push(csi::list_volumes_response::Entry {
+                volume: Some(csi_volume(&volume, self.driver.topology())),
+                status: Some(csi::list_volumes_response::VolumeStatus {
+                    published_node_ids: Vec::new(),
+                    volume_condition: conditions.get(&pool).cloned(),
+                }),
+            });
+        }
+        Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let req = request.into_inner();
+        for cap in &req.volume_capabilities {
+            capability::parse(cap)?;
+        }
+        let params = VolumeParams::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        let parent = self.resolve_parent(&params)?;
+        let here = req.accessible_topology.as_ref().is_none_or(|t| topology_matches(&self.driver, t));
+        let available = if !here {
+            0
+        } else {
+            match self.driver.zfs.get_one(&parent, &["available"]).await {
+                Ok(d) => d.get_u64("available").unwrap_or(0),
+                Err(ZfsError::NotFound(_)) => 0,
+                Err(e) => return Err(zfs_status(&format!("reading the free space of {parent}"), e)),
+            }
+        }
+        .min(i64::MAX as u64) as i64;
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: available,
+            maximum_volume_size: Some(available),
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        use controller_service_capability::rpc::Type;
+        let capabilities = [
+            Type::CreateDeleteVolume,
+            Type::CreateDeleteSnapshot,
+            Type::CloneVolume,
+            Type::ListVolumes,
+            Type::ListSnapshots,
+            Type::GetCapacity,
+            Type::GetVolume,
+            Type::GetSnapshot,
+            Type::VolumeCondition,
+            Type::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(|t| csi::ControllerServiceCapability {
+            r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc {
+                r#type: t as i32,
+            })),
+        })
+        .collect();
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        if req.source_volume_id.is_empty() {
+            return Err(missing("source_volume_id"));
+        }
+        if req.name.is_empty() {
+            return Err(missing("name"));
+        }
+        validate_component(&req.name)
+            .map_err(|e| Status::invalid_argument(format!("name {:?} cannot name a snapshot: {e}", req.name)))?;
+        if !req.parameters.is_empty() {
+            let mut keys: Vec<&String> = req.parameters.keys().filter(|k| !k.starts_with("csi.storage.k8s.io/")).collect();
+            keys.sort();
+            if !keys.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "unknown snapshot parameters {keys:?}; the VolumeSnapshotClass takes none"
+                )));
+            }
+        }
+        let source = self
+            .driver
+            .volume_name(&req.source_volume_id)?
+            .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", req.source_volume_id)))?;
+        let snapshot = source
+            .snapshot(&req.name)
+            .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
+        let _lock = self.driver.lock(&format!("snapshot {}", req.name))?;
+        for existing in self.snapshots_named(&req.name).await? {
+            if existing != snapshot.to_string() {
+                return Err(Status::already_exists(format!(
+                    "snapshot name {} is already used by {existing}, of another volume",
+                    req.name
+                )));
+            }
+        }
+        let volume = self
+            .driver
+            .volume(&source)
+            .await?
+            .filter(|v| !v.deleted)
+            .ok_or_else(|| Status::not_found(format!("source volume {source} does not exist")))?;
+        let props: Properties = vec![
+            (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
+            (prop::CSI_NAME.to_string(), req.name.clone()),
+            (prop::CAPACITY.to_string(), volume.capacity.to_string()),
+        ];
+        match self.driver.zfs.snapshot(&snapshot, &props).await {
+            Ok(()) => tracing::info!(snapshot = %snapshot, "created"),
+            Err(ZfsError::AlreadyExists(_)) => {}
+            Err(e) => return Err(zfs_status(&format!("creating snapshot {snapshot}"), e)),
+        }
+        let info = self
+            .snapshot_info(&snapshot)
+            .await?
+            .ok_or_else(|| Status::internal(format!("snapshot {snapshot} is missing right after its creation")))?;
+        if !info.managed || info.csi_name.as_deref() != Some(req.name.as_str()) || info.deferred_destroy {
+            return Err(Status::already_exists(format!(
+                "snapshot {snapshot} already exists and was not made by this driver for this request"
+            )));
+        }
+        Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(&info)) }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let Some(snapshot) = self.driver.snapshot_name(&req.snapshot_id)? else {
+            return Ok(Response::new(csi::DeleteSnapshotResponse {}));
+        };
+        let _lock = self.driver.lock(&format!("snapshot {}", snapshot.short_name()))?;
+        let Some(info) = self.snapshot_info(&snapshot).await? else {
+            return Ok(Response::new(csi::DeleteSnapshotResponse {}));
+        };
+        if !info.managed {
+            tracing::info!(snapshot = %snapshot, "not created by this driver: left in place");
+            return Ok(Response::new(csi::DeleteSnapshotResponse {}));
+        }
+        // -d: with clones it stays (hidden) until the last clone goes, instead of failing or
+        // taking the clones along.
+        match self.driver.zfs.destroy_snapshot(&snapshot, Destroy::DeferWhileCloned).await {
+            Ok(()) | Err(ZfsError::NotFound(_)) => {}
+            Err(e) => return Err(zfs_status(&format!("deleting snapshot {snapshot}"), e)),
+        }
+        if info.clones.is_empty() {
+            tracing::info!(snapshot = %snapshot, "destroyed");
+            self.reap_deleted_volume(snapshot.dataset()).await?;
+        } else {
+            tracing::info!(snapshot = %snapshot, clones = %info.clones.join(","),
+                "clones depend on it: hidden now, destroyed with its last clone");
+        }
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        let req = request.into_inner();
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        // Unknown or malformed IDs in the filters match nothing: an empty list, not an error.
+        let datasets = if !req.snapshot_id.is_empty() {
+            match self.driver.snapshot_name(&req.snapshot_id).ok().flatten() {
+                Some(snapshot) => self
+                    .driver
+                    .zfs
+                    .find(&snapshot, SNAPSHOT_PROPERTIES)
+                    .await
+                    .map_err(|e| zfs_status(&format!("reading snapshot {snapshot}"), e))?
+                    .into_iter()
+                    .collect(),
+                None => Vec::new(),
+            }
+        } else if !req.source_volume_id.is_empty() {
+            match self.driver.volume_name(&req.source_volume_id).ok().flatten() {
+                Some(volume) => {
+                    match self.driver.zfs.get(&volume, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot]).await {
+                        Ok(d) => d,
+                        Err(ZfsError::NotFound(_)) => Vec::new(),
+                        Err(e) => return Err(zfs_status(&format!("listing the snapshots of {volume}"), e)),
+                    }
+                }
+                None => Vec::new(),
+            }
+        } else {
+            self.list_below_parents(SNAPSHOT_PROPERTIES, &[DatasetType::Snapshot]).await?
+        };
+        let mut snapshots: Vec<SnapshotInfo> = datasets
+            .iter()
+            .filter(|d| d.dataset_type() == Some(DatasetType::Snapshot))
+            .map(|d| SnapshotInfo::from_dataset(d, &self.driver.name))
+            .filter(|s| s.is_listed())
+            .filter(|s| req.source_volume_id.is_empty() || s.name.starts_with(&format!("{}@", req.source_volume_id)))
+            .collect();
+        snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+        let (page, next_token) = paginate(snapshots, req.max_entries, &req.starting_token)?;
+        Ok(Response::new(csi::ListSnapshotsResponse {
+            entries: page
+                .iter()
+                .map(|s| csi::list_snapshots_response::Entry { snapshot: Some(csi_snapshot(s)) })
+                .collect(),
+            next_token,
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let not_found = || Status::not_found(format!("snapshot {} does not exist", req.snapshot_id));
+        let snapshot = self.driver.snapshot_name(&req.snapshot_id)?.ok_or_else(not_found)?;
+        let info = self
+            .snapshot_info(&snapshot)
+            .await?
+            .filter(|s| !s.deferred_destroy && !s.internal)
+            .ok_or_else(not_found)?;
+        Ok(Response::new(csi::GetSnapshotResponse { snapshot: Some(csi_snapshot(&info)) }))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        _request: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "expansion is done by NodeExpandVolume on the volume's node (the plugin advertises node EXPAND_VOLUME)",
+        ))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        request: Request<csi::ControllerGetVolumeRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let not_found = || Status::not_found(format!("volume {} does not exist", req.volume_id));
+        let name = self.driver.volume_name(&req.volume_id)?.ok_or_else(not_found)?;
+        let volume = self.driver.volume(&name).await?.filter(|v| !v.deleted).ok_or_else(not_found)?;
+        let condition = self.driver.volume_condition(&name).await;
+        Ok(Response::new(csi::ControllerGetVolumeResponse {
+            volume: Some(csi_volume(&volume, self.driver.topology())),
+            status: Some(csi::controller_get_volume_response::VolumeStatus {
+                published_node_ids: Vec::new(),
+                volume_condition: Some(condition),
+            }),
+        }))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _request: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented("ControllerModifyVolume is not supported"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(required: i64, limit: i64) -> csi::CapacityRange {
+        csi::CapacityRange { required_bytes: required, limit_bytes: limit }
+    }
+
+    #[test]
+    fn capacity_defaults_rounds_and_respects_limits() {
+        assert_eq!(capacity_from_range(None, 1, 1).unwrap(), DEFAULT_CAPACITY);
+        assert_eq!(capacity_from_range(Some(&range(1000, 0)), 16384, 16384).unwrap(), 16384);
+        assert_eq!(capacity_from_range(Some(&range(0, 4096)), 1, 1).unwrap(), 4096);
+        assert_eq!(capacity_from_range(Some(&range(1 << 30, 1 << 30)), 16384, 16384).unwrap(), 1 << 30);
+        assert_eq!(
+            capacity_from_range(Some(&range(1000, 2000)), 16384, 16384).unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            capacity_from_range(Some(&range(2000, 1000)), 1, 1).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            capacity_from_range(Some(&range(-1, 0)), 1, 1).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn pagination_walks_the_list_and_rejects_stale_tokens() {
+        let items: Vec<u32> = (0..5).collect();
+        let (page, next) = paginate(items.clone(), 2, "").unwrap();
+        assert_eq!((page, next.as_str()), (vec![0, 1], "2"));
+        let (page, next) = paginate(items.clone(), 2, "4").unwrap();
+        assert_eq!((page, next.as_str()), (vec![4], ""));
+        let (page, next) = paginate(items.clone(), 0, "").unwrap();
+        assert_eq!((page.len(), next.as_str()), (5, ""));
+        assert_eq!(paginate(items.clone(), 2, "6").unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(paginate(items.clone(), 2, "x").unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(paginate(items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn content_source_round_trips_through_its_property() {
+        let source = ContentSource::Snapshot(SnapshotName::parse("vms/a@s1").unwrap());
+        let back = content_source_from_property(&source.to_property()).unwrap();
+        assert_eq!(back, source.to_csi());
+        let source = ContentSource::Volume(DatasetName::parse("vms/a").unwrap());
+        assert_eq!(content_source_from_property(&source.to_property()).unwrap(), source.to_csi());
+        assert!(content_source_from_property("garbage").is_none());
+    }
+}

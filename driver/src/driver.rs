@@ -1,0 +1,125 @@
+//! The driver's shared state, and the checks every service applies to the IDs it receives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::config::Config;
+use crate::csi;
+use crate::errors::zfs_status;
+use crate::locks::{OperationGuard, OperationLocks};
+use crate::state::{VolumeInfo, VOLUME_PROPERTIES};
+use crate::process::ProcessRunner;
+use crate::zfs::{DatasetName, SnapshotName, Zfs};
+
+pub struct Driver {
+    pub name: String,
+    pub version: &'static str,
+    pub node_id: String,
+    /// The pools or parent datasets this node serves; every volume lies strictly below one.
+    pub parents: Vec<DatasetName>,
+    pub zfs: Zfs,
+    locks: Arc<OperationLocks>,
+}
+
+impl Driver {
+    pub fn new(config: &Config) -> Self {
+        let runner = ProcessRunner::new(
+            config.command_prefix_words(),
+            Duration::from_secs(config.command_timeout),
+        );
+        Self::with_zfs(config, Zfs::new(runner))
+    }
+
+    pub fn with_zfs(config: &Config, zfs: Zfs) -> Self {
+        Self {
+            name: config.driver_name.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            node_id: config.node_id.clone(),
+            parents: config.parents.clone(),
+            zfs,
+            locks: Arc::new(OperationLocks::default()),
+        }
+    }
+
+    pub fn topology_key(&self) -> String {
+        format!("{}/node", self.name)
+    }
+
+    /// The one topology segment of this node: `{<driver>/node: <node id>}`.
+    pub fn topology(&self) -> csi::Topology {
+        csi::Topology {
+            segments: HashMap::from([(self.topology_key(), self.node_id.clone())]),
+        }
+    }
+
+    pub fn is_within_parents(&self, name: &DatasetName) -> bool {
+        self.parents.iter().any(|p| name.is_strictly_under(p))
+    }
+
+    /// A volume ID as a dataset name. A malformed ID is INVALID_ARGUMENT; a well-formed ID
+    /// outside the configured parents (a pool root, a parent itself, another pool) is `None`:
+    /// no volume of ours can have it, and it never reaches a command.
+    pub fn volume_name(&self, volume_id: &str) -> Result<Option<DatasetName>, Status> {
+        if volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is required"));
+        }
+        let name = DatasetName::parse(volume_id).map_err(|e| {
+            Status::invalid_argument(format!("volume_id {volume_id:?} is not a dataset name: {e}"))
+        })?;
+        Ok(self.is_within_parents(&name).then_some(name))
+    }
+
+    /// A snapshot ID (`dataset@snapshot`) as a snapshot name; like `volume_name`.
+    pub fn snapshot_name(&self, snapshot_id: &str) -> Result<Option<SnapshotName>, Status> {
+        if snapshot_id.is_empty() {
+            return Err(Status::invalid_argument("snapshot_id is required"));
+        }
+        let name = SnapshotName::parse(snapshot_id).map_err(|e| {
+            Status::invalid_argument(format!(
+                "snapshot_id {snapshot_id:?} is not a snapshot name (dataset@snapshot): {e}"
+            ))
+        })?;
+        Ok(self.is_within_parents(name.dataset()).then_some(name))
+    }
+
+    /// Holds the operation lock of `id`, or ABORTED when another RPC on it is in flight.
+    pub fn lock(&self, id: &str) -> Result<OperationGuard, Status> {
+        self.locks.try_acquire(id).ok_or_else(|| {
+            Status::aborted(format!("an operation on {id} is already in progress; retry later"))
+        })
+    }
+
+    /// The filesystem or zvol `name`, or `None` when it does not exist.
+    pub async fn volume(&self, name: &DatasetName) -> Result<Option<VolumeInfo>, Status> {
+        let dataset = self
+            .zfs
+            .find(name, VOLUME_PROPERTIES)
+            .await
+            .map_err(|e| zfs_status(&format!("reading volume {name}"), e))?;
+        Ok(dataset.and_then(|d| VolumeInfo::from_dataset(&d, &self.name)))
+    }
+
+    /// The volume condition (CSI VOLUME_CONDITION): abnormal when the pool is not ONLINE.
+    pub async fn volume_condition(&self, name: &DatasetName) -> csi::VolumeCondition {
+        match self.zfs.pool(name.pool()).await {
+            Ok(pool) if pool.is_healthy() => csi::VolumeCondition {
+                abnormal: false,
+                message: format!("pool {} is ONLINE", pool.name),
+            },
+            Ok(pool) => csi::VolumeCondition {
+                abnormal: true,
+                message: format!(
+                    "pool {} is {}: check `zpool status {}`",
+                    pool.name, pool.health, pool.name
+                ),
+            },
+            Err(e) => csi::VolumeCondition {
+                abnormal: true,
+                message: format!("cannot read the health of pool {}: {e}", name.pool()),
+            },
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! CSI Node service: stage (mount a dataset, or a zvol's filesystem, at the staging path),
+//! publish (bind mounts; raw block zvols bind-mounted onto a file), stats, online expansion.
+//!
+//! Volumes the driver did not create (a static import such as `vms/HomeAssistant`) are served
+//! exactly like its own: a device that already holds a filesystem or a partition table is never
+//! formatted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::capability::{self, AccessType};
+use crate::csi::volume_capability::access_mode::Mode;
+use crate::csi::{self, node_server::Node, node_service_capability};
+use crate::driver::Driver;
+use crate::errors::{missing, zfs_status};
+use crate::format::{self, DeviceContent, FormatError, Formatter};
+use crate::mount::{self, MountEntry, MountError};
+use crate::params::FsType;
+use crate::state::{VolumeInfo, VolumeKind};
+use crate::zfs::{DatasetName, Properties};
+
+/// How long to wait for udev to create `/dev/zvol/<name>` after a zvol appears.
+const ZVOL_DEVICE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long mkfs or a filesystem grower may take.
+const FORMAT_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct NodeService {
+    driver: Arc<Driver>,
+    formatter: Formatter,
+}
+
+fn mount_status(err: MountError) -> Status {
+    Status::internal(err.to_string())
+}
+
+fn format_status(what: &str, err: FormatError) -> Status {
+    match err {
+        FormatError::NoDevice { .. } => Status::unavailable(format!("{what}: {err}; retry")),
+        FormatError::Process(crate::process::ProcessError::TimedOut { .. }) => {
+            Status::deadline_exceeded(format!("{what}: {err}"))
+        }
+        _ => Status::internal(format!("{what}: {err}")),
+    }
+}
+
+/// A path argument: required and absolute.
+fn path_arg(field: &str, value: &str) -> Result<PathBuf, Status> {
+    if value.is_empty() {
+        return Err(missing(field));
+    }
+    let path = PathBuf::from(value);
+    if !path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(Status::invalid_argument(format!("{field} {value:?} must be an absolute path without '..'")));
+    }
+    Ok(path)
+}
+
+/// The file name of a zvol's kernel device (`zd0`), which is what a bind mount of the device
+/// node shows as its root in mountinfo.
+fn device_file_name(device: &Path) -> String {
+    device.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+fn is_device_bind(entry: &MountEntry, device: &Path) -> bool {
+    entry.root.rsplit('/').next() == Some(device_file_name(device).as_str()) && entry.root != "/"
+}
+
+/// The size of a block device, from sysfs (512-byte sectors).
+fn device_size(device: &Path) -> Option<u64> {
+    let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", device_file_name(device))).ok()?;
+    sectors.trim().parse::<u64>().ok().map(|s| s * 512)
+}
+
+impl NodeService {
+    pub fn new(driver: Arc<Driver>) -> Self {
+        Self { driver, formatter: Formatter::new(FORMAT_TIMEOUT) }
+    }
+
+    /// The volume named by `volume_id`: INVALID_ARGUMENT when malformed, NOT_FOUND when it is
+    /// not one of ours to serve or does not exist.
+    async fn existing_volume(&self, volume_id: &str) -> Result<VolumeInfo, Status> {
+        let not_found = || Status::not_found(format!("volume {volume_id} does not exist on node {}", self.driver.node_id));
+        let name = self.driver.volume_name(volume_id)?.ok_or_else(not_found)?;
+        self.driver.volume(&name).await?.filter(|v| !v.deleted).ok_or_else(not_found)
+    }
+
+    async fn zvol_device(&self, name: &DatasetName) -> Result<PathBuf, Status> {
+        format::wait_for_zvol(name.as_str(), ZVOL_DEVICE_DEADLINE)
+            .await
+            .map_err(|e| format_status(&format!("finding the device of zvol {name}"), e))
+    }
+
+    /// The filesystem a zvol carries: what the CO asks for, else what the controller recorded,
+    /// else ext4 (Kubernetes' default fsType).
+    fn zvol_fs_type(&self, volume: &VolumeInfo, requested: Option<FsType>, context: &std::collections::HashMap<String, String>) -> Result<FsType, Status> {
+        let recorded = volume
+            .fstype
+            .as_deref()
+            .or_else(|| context.get("fstype").map(String::as_str))
+            .and_then(FsType::parse);
+        let fs = requested.or(recorded).unwrap_or(FsType::Ext4);
+        if fs == FsType::Zfs {
+            return Err(Status::invalid_argument(format!(
+                "{} is a zvol: it carries ext4, xfs or btrfs, not zfs",
+                volume.name
+            )));
+        }
+        Ok(fs)
+    }
+
+    /// Mounts the zvol's filesystem at `staging`, making one only on an empty device.
+    async fn stage_zvol_filesystem(
+        &self,
+        volume: &VolumeInfo,
+        fs_type: FsType,
+        staging: &Path,
+        mount_flags: &[String],
+        read_only: bool,
+    ) -> Result<(), Status> {
+        let device = self.zvol_device(&volume.name).await?;
+        let device_str = device.to_string_lossy().to_string();
+        if let Some(existing) = mount::mount_at(staging).map_err(mount_status)? {
+            if existing.source == device_str {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "staging path {} already holds {} ({}), not volume {}",
+                staging.display(),
+                existing.source,
+                existing.fs_type,
+                volume.name
+            )));
+        }
+        let what = format!("staging volume {}", volume.name);
+        match self.formatter.probe(&device).await.map_err(|e| format_status(&what, e))? {
+            DeviceContent::Empty if read_only => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} holds no filesystem and is to be mounted read-only: nothing to mount",
+                    volume.name
+                )))
+            }
+            DeviceContent::Empty => {
+                tracing::info!(volume = %volume.name, device = %device_str, fs = fs_type.as_str(), "making a filesystem on the empty device");
+                self.formatter
+                    .make_filesystem(&device, fs_type)
+                    .await
+                    .map_err(|e| format_status(&what, e))?;
+            }
+            DeviceContent::Filesystem(found) if found == fs_type.as_str() => {}
+            DeviceContent::Filesystem(found) => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} holds a {found} filesystem, not {}: it is never reformatted; ask for fsType {found}",
+                    volume.name,
+                    fs_type.as_str()
+                )))
+            }
+            DeviceContent::PartitionTable(table) => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} holds a {table} partition table: it is never formatted; use it as a raw block volume",
+                    volume.name
+                )))
+            }
+        }
+        let mut options = mount_flags.to_vec();
+        if fs_type == FsType::Xfs {
+            // A clone carries its origin's XFS UUID; without nouuid the kernel refuses to
+            // mount both at once.
+            options.push("nouuid".into());
+        }
+        std::fs::create_dir_all(staging).map_err(|e| Status::internal(format!("creating {}: {e}", staging.display())))?;
+        mount::mount_filesystem(&device_str, staging, fs_type.as_str(), &options, read_only).map_err(mount_status)
+    }
+
+    async fn stage_dataset(&self, volume: &VolumeInfo, staging: &Path, mount_flags: &[String], read_only: bool) -> Result<(), Status> {
+        if let Some(existing) = mount::mount_at(staging).map_err(mount_status)? {
+            if existing.fs_type == "zfs" && existing.source == volume.name.as_str() {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "staging path {} already holds {} ({}), not volume {}",
+                staging.display(),
+                existing.source,
+                existing.fs_type,
+                volume.name
+            )));
+        }
+        std::fs::create_dir_all(staging).map_err(|e| Status::internal(format!("creating {}: {e}", staging.display())))?;
+        mount::mount_filesystem(volume.name.as_str(), staging, "zfs", mount_flags, read_only).map_err(mount_status)
+    }
+
+    /// Refuses a second publish of a volume that is not shared (OpenEBS's `shared`), unless the
+    /// CO asked for single-node multi-writer access.
+    fn check_not_published_elsewhere(&self, volume: &VolumeInfo, mode: Mode, is_other_publish: impl Fn(&MountEntry) -> bool) -> Result<(), Status> {
+        if volume.shared || mode == Mode::SingleNodeMultiWriter {
+            return Ok(());
+        }
+        let table = mount::mount_table().map_err(mount_status)?;
+        if let Some(other) = table.iter().find(|m| is_other_publish(m)) {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is already published at {}; set `shared: yes` on its StorageClass to let several pods use it",
+                volume.name,
+                other.mount_point.display()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn publish_block(&self, volume: &VolumeInfo, target: &Path, mode: Mode, read_only: bool) -> Result<(), Status> {
+        if volume.kind != VolumeKind::Zvol {
+            return Err(Status::invalid_argument(format!(
+                "volume {} is a ZFS filesystem; only zvols can be published as raw block",
+                volume.name
+            )));
+        }
+        let device = self.zvol_device(&volume.name).await?;
+        if let Some(existing) = mount::mount_at(target).map_err(mount_status)? {
+            if is_device_bind(&existing, &device) {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "target {} is already used by {}; not mounting volume {} over it",
+                target.display(),
+                existing.source,
+                volume.name
+            )));
+        }
+        self.check_not_published_elsewhere(volume, mode, |m| is_device_bind(m, &device) && m.mount_point != target)?;
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target)
+            .map_err(|e| Status::internal(format!("creating the block target file {}: {e}", target.display())))?;
+        mount::bind(&device, target, &[], read_only).map_err(mount_status)
+    }
+
+    async fn publish_mount(&self, volume: &VolumeInfo, staging: &Path, target: &Path, mode: Mode, mount_flags: &[String], read_only: bool) -> Result<(), Status> {
+        let staged = mount::mount_at(staging).map_err(mount_status)?.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "volume {} is not staged at {}: call NodeStageVolume first",
+                volume.name,
+                staging.display()
+            ))
+        })?;
+        let same_volume = |m: &MountEntry| m.source == staged.source && m.root == staged.root && m.fs_type == staged.fs_type;
+        if let Some(existing) = mount::mount_at(target).map_err(mount_status)? {
+            if same_volume(&existing) {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "target {} is already used by {}; not mounting volume {} over it",
+                target.display(),
+                existing.source,
+                volume.name
+            )));
+        }
+        self.check_not_published_elsewhere(volume, mode, |m| same_volume(m) && m.mount_point != staging && m.mount_point != target)?;
+        std::fs::create_dir_all(target).map_err(|e| Status::internal(format!("creating {}: {e}", target.display())))?;
+        mount::bind(staging, target, mount_flags, read_only).map_err(mount_status)
+    }
+
+    /// Grows what `expand_volume` was asked to grow; returns the capacity now.
+    async fn grow_volume(&self, volume: &VolumeInfo, required: u64, limit: u64) -> Result<u64, Status> {
+        let zfs = &self.driver.zfs;
+        let what = format!("expanding volume {}", volume.name);
+        let props = zfs
+            .get_one(&volume.name, &["volblocksize", "refquota", "quota", "refreservation", "reservation"])
+            .await
+            .map_err(|e| zfs_status(&what, e))?;
+        let granule = match volume.kind {
+            VolumeKind::Zvol => props.get_u64("volblocksize").unwrap_or(1).max(1),
+            VolumeKind::Filesystem => 1,
+        };
+        let target = required
+            .div_ceil(granule)
+            .checked_mul(granule)
+            .ok_or_else(|| Status::out_of_range(format!("{what}: {required} bytes is too large")))?;
+        if limit > 0 && target > limit {
+            return Err(Status::out_of_range(format!(
+                "{what}: {required} bytes rounded to the block size {granule} is {target}, above limit_bytes {limit}"
+            )));
+        }
+        if volume.kind == VolumeKind::Filesystem && volume.capacity == 0 {
+            // A dataset without a quota (an imported one) already has all the parent's space;
+            // setting a quota now would limit it, not grow it.
+            return Ok(target);
+        }
+        if target <= volume.capacity {
+            return Ok(volume.capacity);
+        }
+        let parent = volume.name.parent().unwrap_or_else(|| volume.name.clone());
+        let available = zfs
+            .get_one(&parent, &["available"])
+            .await
+            .map_err(|e| zfs_status(&what, e))?
+            .get_u64("available")
+            .unwrap_or(0);
+        let growth = target - volume.capacity;
+        if growth > available {
+            return Err(Status::out_of_range(format!(
+                "{what}: growing by {growth} bytes needs more than the {available} bytes {parent} has free"
+            )));
+        }
+        let mut set: Properties = Vec::new();
+        let positive = |p: &str| props.get_u64(p).unwrap_or(0) > 0;
+        match volume.kind {
+            VolumeKind::Zvol => {
+                set.push(("volsize".into(), target.to_string()));
+                if positive("refreservation") {
+                    set.push(("refreservation".into(), "auto".into()));
+                }
+            }
+            VolumeKind::Filesystem => {
+                let quota_only = !positive("refquota") && positive("quota");
+                set.push((if quota_only { "quota" } else { "refquota" }.into(), target.to_string()));
+                if positive("refreservation") {
+                    set.push(("refreservation".into(), target.to_string()));
+                }
+                if positive("reservation") {
+                    set.push(("reservation".into(), target.to_string()));
+                }
+            }
+        }
+        zfs.set(&volume.name, &set).await.map_err(|e| match e {
+            crate::zfs::ZfsError::NoSpace(_) => Status::out_of_range(format!("{what}: {e}")),
+            e => zfs_status(&what, e),
+        })?;
+        tracing::info!(volume = %volume.name, from = volume.capacity, to = target, "expanded");
+        Ok(target)
+    }
+
+    /// After a zvol grew: wait until the kernel device shows the new size, then grow the
+    /// filesystem on it, if it carries one that is mounted.
+    async fn grow_zvol_filesystem(&self, volume: &VolumeInfo, size: u64, volume_path: &Path) -> Result<(), Status> {
+        let device = self.zvol_device(&volume.name).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while device_size(&device).unwrap_or(0) < size && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let device_str = device.to_string_lossy().to_string();
+        let table = mount::mount_table().map_err(mount_status)?;
+        let mounted = table
+            .iter()
+            .filter(|m| m.source == device_str && m.root == "/")
+            .min_by_key(|m| m.mount_point != volume_path);
+        let Some(mounted) = mounted else {
+            // Raw block, or not mounted here: the consumer sees the new size of the device.
+            return Ok(());
+        };
+        self.formatter
+            .grow(&mounted.fs_type, &device, &mounted.mount_point)
+            .await
+            .map_err(|e| format_status(&format!("growing the filesystem of volume {}", volume.name), e))
+    }
+}
+
+fn statvfs_usage(path: &Path) -> Result<Vec<csi::VolumeUsage>, Status> {
+    let stat = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| Status::internal(format!("statvfs {}: {e}", path.display())))?;
+    let fragment = stat.fragment_size() as u64;
+    let blocks = stat.blocks() as u64;
+    let files = stat.files() as u64;
+    use csi::volume_usage::Unit;
+    Ok(vec![
+        csi::VolumeUsage {
+            total: (blocks * fragment) as i64,
+            available: (stat.blocks_available() as u64 * fragment) as i64,
+            used: (blocks.saturating_sub(stat.blocks_free() as u64) * fragment) as i64,
+            unit: Unit::Bytes as i32,
+        },
+        csi::VolumeUsage {
+            total: files as i64,
+            available: stat.files_available() as i64,
+            used: files.saturating_sub(stat.files_free() as u64) as i64,
+            unit: Unit::Inodes as i32,
+        },
+    ])
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let staging = path_arg("staging_target_path", &req.staging_target_path)?;
+        let cap = req.volume_capability.as_ref().ok_or_else(|| missing("volume_capability"))?;
+        let access = capability::parse(cap)?;
+        let read_only = capability::is_read_only(cap);
+        let _lock = self.driver.lock(&req.volume_id)?;
+        let volume = self.existing_volume(&req.volume_id).await?;
+        match (access, volume.kind) {
+            (AccessType::Block, VolumeKind::Filesystem) => {
+                return Err(Status::invalid_argument(format!(
+                    "volume {} is a ZFS filesystem; only zvols can be used as raw block",
+                    volume.name
+                )))
+            }
+            // A raw block volume needs nothing at the staging path: publish binds the device.
+            (AccessType::Block, VolumeKind::Zvol) => {
+                self.zvol_device(&volume.name).await?;
+            }
+            (AccessType::Mount { fs_type, mount_flags }, VolumeKind::Filesystem) => {
+                if fs_type.is_some_and(|f| f != FsType::Zfs) {
+                    return Err(Status::invalid_argument(format!(
+                        "volume {} is a ZFS filesystem; it cannot be mounted as {}",
+                        volume.name,
+                        fs_type.map(FsType::as_str).unwrap_or_default()
+                    )));
+                }
+                self.stage_dataset(&volume, &staging, &mount_flags, read_only).await?;
+            }
+            (AccessType::Mount { fs_type, mount_flags }, VolumeKind::Zvol) => {
+                let fs = self.zvol_fs_type(&volume, fs_type, &req.volume_context)?;
+                self.stage_zvol_filesystem(&volume, fs, &staging, &mount_flags, read_only).await?;
+            }
+        }
+        tracing::info!(volume = %volume.name, staging = %staging.display(), "staged");
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        self.driver.volume_name(&req.volume_id)?;
+        let staging = path_arg("staging_target_path", &req.staging_target_path)?;
+        let _lock = self.driver.lock(&req.volume_id)?;
+        mount::unmount_all(&staging).map_err(mount_status)?;
+        tracing::info!(volume = %req.volume_id, staging = %staging.display(), "unstaged");
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let target = path_arg("target_path", &req.target_path)?;
+        let cap = req.volume_capability.as_ref().ok_or_else(|| missing("volume_capability"))?;
+        let staging = path_arg("staging_target_path", &req.staging_target_path)?;
+        let access = capability::parse(cap)?;
+        let mode = cap.access_mode.as_ref().map(|m| m.mode()).unwrap_or(Mode::Unknown);
+        let read_only = req.readonly || capability::is_read_only(cap);
+        let _lock = self.driver.lock(&req.volume_id)?;
+        let volume = self.existing_volume(&req.volume_id).await?;
+        match access {
+            AccessType::Block => self.publish_block(&volume, &target, mode, read_only).await?,
+            AccessType::Mount { mount_flags, .. } => {
+                self.publish_mount(&volume, &staging, &target, mode, &mount_flags, read_only).await?
+            }
+        }
+        tracing::info!(volume = %volume.name, target = %target.display(), read_only, "published");
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        self.driver.volume_name(&req.volume_id)?;
+        let target = path_arg("target_path", &req.target_path)?;
+        let _lock = self.driver.lock(&req.volume_id)?;
+        mount::unmount_all(&target).map_err(mount_status)?;
+        // Removes only an empty directory or the block target file: if something is still
+        // inside, it is not ours to delete.
+        let removed = match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir(&target),
+            Ok(_) => std::fs::remove_file(&target),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        removed.map_err(|e| Status::internal(format!("removing target {}: {e}", target.display())))?;
+        tracing::info!(volume = %req.volume_id, target = %target.display(), "unpublished");
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        let req = request.into_inner();
+        let name = self.driver.volume_name(&req.volume_id)?;
+        let path = path_arg("volume_path", &req.volume_path)?;
+        let name = name.ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+        let meta = std::fs::metadata(&path)
+            .map_err(|_| Status::not_found(format!("volume path {} does not exist", path.display())))?;
+        let mounted = mount::mount_at(&path).map_err(mount_status)?;
+        let volume = self.driver.volume(&name).await?;
+        let mut condition = self.driver.volume_condition(&name).await;
+        let volume = match volume {
+            Some(v) => v,
+            None if mounted.is_some() => {
+                condition = csi::VolumeCondition {
+                    abnormal: true,
+                    message: format!("dataset {name} is gone but still mounted at {}", path.display()),
+                };
+                return Ok(Response::new(csi::NodeGetVolumeStatsResponse {
+                    usage: if meta.is_dir() { statvfs_usage(&path)? } else { Vec::new() },
+                    volume_condition: Some(condition),
+                }));
+            }
+            None => return Err(Status::not_found(format!("volume {} does not exist", req.volume_id))),
+        };
+        if mounted.is_none() && !condition.abnormal {
+            condition = csi::VolumeCondition {
+                abnormal: true,
+                message: format!("volume {name} is not mounted at {}", path.display()),
+            };
+        }
+        let usage = if meta.is_dir() {
+            statvfs_usage(&path)?
+        } else {
+            // A raw block volume: the device's size is all there is to report.
+            let device = self.zvol_device(&volume.name).await?;
+            let total = device_size(&device).unwrap_or(volume.capacity);
+            vec![csi::VolumeUsage {
+                total: total as i64,
+                available: 0,
+                used: 0,
+                unit: csi::volume_usage::Unit::Bytes as i32,
+            }]
+        };
+        Ok(Response::new(csi::NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let volume_path = path_arg("volume_path", &req.volume_path)?;
+        let range = req.capacity_range.as_ref().ok_or_else(|| missing("capacity_range"))?;
+        if range.required_bytes < 0 || range.limit_bytes < 0 {
+            return Err(Status::invalid_argument("capacity_range: bytes must not be negative"));
+        }
+        if range.limit_bytes > 0 && range.limit_bytes < range.required_bytes {
+            return Err(Status::invalid_argument("capacity_range: limit_bytes is below required_bytes"));
+        }
+        let block = req
+            .volume_capability
+            .as_ref()
+            .map(capability::parse)
+            .transpose()?
+            .is_some_and(|a| a == AccessType::Block);
+        let _lock = self.driver.lock(&req.volume_id)?;
+        let volume = self.existing_volume(&req.volume_id).await?;
+        if !volume_path.exists() {
+            return Err(Status::not_found(format!("volume path {} does not exist", volume_path.display())));
+        }
+        let capacity = self
+            .grow_volume(&volume, range.required_bytes as u64, range.limit_bytes as u64)
+            .await?;
+        if volume.kind == VolumeKind::Zvol && !block {
+            self.grow_zvol_filesystem(&volume, capacity, &volume_path).await?;
+        }
+        Ok(Response::new(csi::NodeExpandVolumeResponse { capacity_bytes: capacity as i64 }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::rpc::Type;
+        let capabilities = [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::ExpandVolume,
+            Type::VolumeCondition,
+            Type::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(|t| csi::NodeServiceCapability {
+            r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type: t as i32 })),
+        })
+        .collect();
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.driver.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(self.driver.topology()),
+        }))
+    }
+}

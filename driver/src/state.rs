@@ -1,0 +1,261 @@
+//! What the driver keeps in ZFS itself (DESIGN.md section 3): user properties set atomically
+//! when a dataset, zvol or snapshot is created, and read back to answer any later RPC, so the
+//! driver needs no database and survives restarts and crashes at any point.
+
+use std::collections::BTreeMap;
+
+use crate::zfs::{Dataset, DatasetName, DatasetType};
+
+/// User property names. `zfs list -o name,zfs-csi.io:pvc-name` shows an operator what each
+/// dataset is.
+pub mod prop {
+    /// The driver name that created it. Only datasets and snapshots carrying our name here
+    /// are ever destroyed.
+    pub const MANAGED_BY: &str = "zfs-csi.io:managed-by";
+    /// The CSI request name (idempotency: a repeated CreateVolume finds its dataset).
+    pub const CSI_NAME: &str = "zfs-csi.io:csi-name";
+    /// The capacity provisioned, in bytes.
+    pub const CAPACITY: &str = "zfs-csi.io:capacity";
+    /// `snapshot:<id>` or `volume:<id>` for clones.
+    pub const CONTENT_SOURCE: &str = "zfs-csi.io:content-source";
+    /// The StorageClass parameters, canonical, to tell a compatible repeat from a conflict.
+    pub const PARAMETERS: &str = "zfs-csi.io:parameters";
+    /// The filesystem the node service puts on a zvol (ext4, xfs, btrfs), or zfs.
+    pub const FSTYPE: &str = "zfs-csi.io:fstype";
+    /// "yes" when several pods on the node may publish the volume at once.
+    pub const SHARED: &str = "zfs-csi.io:shared";
+    /// Set when DeleteVolume could not destroy it yet because snapshots or clones depend on
+    /// it: hidden from ListVolumes and destroyed when the last dependent goes.
+    pub const DELETED: &str = "zfs-csi.io:deleted";
+    /// On a snapshot the driver took to clone a volume: the clone it was taken for. Such
+    /// snapshots are internal (not listed) and go with their clone.
+    pub const CLONE_OF_VOLUME: &str = "zfs-csi.io:clone-for";
+    pub const PVC_NAME: &str = "zfs-csi.io:pvc-name";
+    pub const PVC_NAMESPACE: &str = "zfs-csi.io:pvc-namespace";
+    pub const PV_NAME: &str = "zfs-csi.io:pv-name";
+}
+
+/// What is read to describe a volume.
+pub const VOLUME_PROPERTIES: &[&str] = &[
+    "type",
+    "volsize",
+    "refquota",
+    "quota",
+    "origin",
+    prop::MANAGED_BY,
+    prop::CSI_NAME,
+    prop::CAPACITY,
+    prop::CONTENT_SOURCE,
+    prop::PARAMETERS,
+    prop::FSTYPE,
+    prop::SHARED,
+    prop::DELETED,
+];
+
+/// What is read to describe a snapshot.
+pub const SNAPSHOT_PROPERTIES: &[&str] = &[
+    "type",
+    "creation",
+    "clones",
+    "defer_destroy",
+    prop::MANAGED_BY,
+    prop::CSI_NAME,
+    prop::CAPACITY,
+    prop::CLONE_OF_VOLUME,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// A ZFS filesystem, mounted with `mount -t zfs`.
+    Filesystem,
+    /// A zvol: raw block, or carrying ext4/xfs/btrfs.
+    Zvol,
+}
+
+impl VolumeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeKind::Filesystem => "filesystem",
+            VolumeKind::Zvol => "zvol",
+        }
+    }
+}
+
+/// A filesystem or zvol as the CSI services see it.
+#[derive(Clone, Debug)]
+pub struct VolumeInfo {
+    pub name: DatasetName,
+    pub kind: VolumeKind,
+    /// Created by this driver (carries our name in `managed-by`).
+    pub managed: bool,
+    pub csi_name: Option<String>,
+    /// Bytes the consumer can use: `volsize` of a zvol, `refquota` or `quota` of a
+    /// filesystem; 0 when a filesystem has no quota (an imported dataset).
+    pub capacity: u64,
+    pub content_source: Option<String>,
+    pub parameters: Option<String>,
+    pub fstype: Option<String>,
+    pub shared: bool,
+    pub deleted: bool,
+    /// The snapshot this clone was made from.
+    pub origin: Option<String>,
+}
+
+impl VolumeInfo {
+    /// `None` for a snapshot or an unparseable entry.
+    pub fn from_dataset(dataset: &Dataset, driver_name: &str) -> Option<Self> {
+        let kind = match dataset.dataset_type()? {
+            DatasetType::Filesystem => VolumeKind::Filesystem,
+            DatasetType::Volume => VolumeKind::Zvol,
+            DatasetType::Snapshot => return None,
+        };
+        let positive = |p: &str| dataset.get_u64(p).filter(|&v| v > 0);
+        let capacity = match kind {
+            VolumeKind::Zvol => positive("volsize"),
+            VolumeKind::Filesystem => positive("refquota").or_else(|| positive("quota")),
+        }
+        .unwrap_or(0);
+        let owned = |p: &str| dataset.get(p).map(str::to_string);
+        Some(Self {
+            name: DatasetName::parse(&dataset.name).ok()?,
+            kind,
+            managed: dataset.get(prop::MANAGED_BY) == Some(driver_name),
+            csi_name: owned(prop::CSI_NAME),
+            capacity,
+            content_source: owned(prop::CONTENT_SOURCE),
+            parameters: owned(prop::PARAMETERS),
+            fstype: owned(prop::FSTYPE),
+            shared: dataset.get(prop::SHARED) == Some("yes"),
+            deleted: dataset.get(prop::DELETED) == Some("true"),
+            origin: owned("origin"),
+        })
+    }
+
+    /// The volume context handed to the node service (and shown on the PV).
+    pub fn volume_context(&self) -> std::collections::HashMap<String, String> {
+        let mut context = std::collections::HashMap::new();
+        context.insert("kind".to_string(), self.kind.as_str().to_string());
+        if let Some(fstype) = &self.fstype {
+            context.insert("fstype".to_string(), fstype.clone());
+        }
+        context.insert("shared".to_string(), if self.shared { "yes" } else { "no" }.to_string());
+        context
+    }
+}
+
+/// A snapshot as the CSI services see it.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub managed: bool,
+    pub csi_name: Option<String>,
+    /// The source volume's capacity when the snapshot was taken (restoreSize).
+    pub size_bytes: u64,
+    /// Seconds since the epoch.
+    pub creation: i64,
+    pub clones: Vec<String>,
+    /// `zfs destroy -d` was called while it had clones: it goes with its last clone.
+    pub deferred_destroy: bool,
+    /// Taken by the driver to clone a volume; not a user's snapshot.
+    pub internal: bool,
+}
+
+impl SnapshotInfo {
+    pub fn from_dataset(dataset: &Dataset, driver_name: &str) -> Self {
+        Self {
+            name: dataset.name.clone(),
+            managed: dataset.get(prop::MANAGED_BY) == Some(driver_name),
+            csi_name: dataset.get(prop::CSI_NAME).map(str::to_string),
+            size_bytes: dataset.get_u64(prop::CAPACITY).unwrap_or(0),
+            creation: dataset.get_u64("creation").unwrap_or(0) as i64,
+            clones: dataset
+                .get("clones")
+                .map(|c| c.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
+            deferred_destroy: dataset.get("defer_destroy") == Some("on"),
+            internal: dataset.get(prop::CLONE_OF_VOLUME).is_some(),
+        }
+    }
+
+    /// Shown by ListSnapshots: ours, neither internal nor waiting for deferred destruction.
+    pub fn is_listed(&self) -> bool {
+        self.managed && !self.internal && !self.deferred_destroy
+    }
+}
+
+/// The canonical form of StorageClass parameters stored in `prop::PARAMETERS`.
+pub fn canonical_parameters(parameters: &BTreeMap<String, String>) -> String {
+    parameters
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zfs::{PropertySource, PropertyValue};
+
+    fn dataset(name: &str, props: &[(&str, &str, PropertySource)]) -> Dataset {
+        Dataset {
+            name: name.into(),
+            properties: props
+                .iter()
+                .map(|(k, v, s)| (k.to_string(), PropertyValue { value: v.to_string(), source: s.clone() }))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn zvol_capacity_is_volsize_and_ownership_is_by_driver_name() {
+        let d = dataset(
+            "vms/pvc-1",
+            &[
+                ("type", "volume", PropertySource::None),
+                ("volsize", "1073741824", PropertySource::Local),
+                (prop::MANAGED_BY, "zfs-csi.io", PropertySource::Local),
+            ],
+        );
+        let v = VolumeInfo::from_dataset(&d, "zfs-csi.io").unwrap();
+        assert_eq!(v.kind, VolumeKind::Zvol);
+        assert_eq!(v.capacity, 1 << 30);
+        assert!(v.managed);
+        assert!(!VolumeInfo::from_dataset(&d, "other.driver").unwrap().managed);
+    }
+
+    #[test]
+    fn imported_filesystem_without_quota_has_unknown_capacity_and_is_not_managed() {
+        let d = dataset(
+            "tank/media",
+            &[
+                ("type", "filesystem", PropertySource::None),
+                ("refquota", "0", PropertySource::Default),
+                ("quota", "0", PropertySource::Default),
+                (prop::MANAGED_BY, "-", PropertySource::None),
+            ],
+        );
+        let v = VolumeInfo::from_dataset(&d, "zfs-csi.io").unwrap();
+        assert_eq!(v.capacity, 0);
+        assert!(!v.managed);
+    }
+
+    #[test]
+    fn snapshot_listing_hides_internal_and_deferred() {
+        let base = |extra: (&str, &str)| {
+            let d = dataset(
+                "vms/a@s",
+                &[
+                    ("type", "snapshot", PropertySource::None),
+                    (prop::MANAGED_BY, "zfs-csi.io", PropertySource::Local),
+                    (extra.0, extra.1, PropertySource::Local),
+                ],
+            );
+            SnapshotInfo::from_dataset(&d, "zfs-csi.io")
+        };
+        assert!(base(("clones", "vms/b,vms/c")).is_listed());
+        assert_eq!(base(("clones", "vms/b,vms/c")).clones, ["vms/b", "vms/c"]);
+        assert!(!base(("defer_destroy", "on")).is_listed());
+        assert!(!base((prop::CLONE_OF_VOLUME, "vms/b")).is_listed());
+    }
+}

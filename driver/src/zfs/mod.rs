@@ -1,0 +1,222 @@
+//! The ZFS layer: typed operations over the host's `zfs` and `zpool` commands. Nothing else in
+//! the driver runs them. Output is read in the parseable `-H -p` form that every OpenZFS
+//! release from 2.1 to 2.3 prints the same way (no 2.3-only `-j` JSON).
+
+mod error;
+mod name;
+mod types;
+
+pub use error::ZfsError;
+pub use name::{validate_component, DatasetName, NameError, SnapshotName};
+pub use types::{Dataset, DatasetType, Pool, PropertySource, PropertyValue};
+
+use crate::process::{ProcessError, ProcessRunner};
+
+/// Properties given to `zfs create/snapshot/clone -o` or `zfs set`, in order.
+pub type Properties = Vec<(String, String)>;
+
+pub type Result<T> = std::result::Result<T, ZfsError>;
+
+/// Something `zfs get`/`zfs set` can address: a dataset or a snapshot.
+pub trait ZfsTarget: Sync {
+    fn zfs_name(&self) -> String;
+}
+
+impl ZfsTarget for DatasetName {
+    fn zfs_name(&self) -> String {
+        self.as_str().to_string()
+    }
+}
+
+impl ZfsTarget for SnapshotName {
+    fn zfs_name(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// How far below the target `zfs get` looks.
+#[derive(Clone, Copy, Debug)]
+pub enum Depth {
+    /// The target itself.
+    Itself,
+    /// The target and its descendants down to this many levels (`-d N`).
+    Levels(u32),
+    /// All descendants (`-r`).
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destroy {
+    Now,
+    /// `zfs destroy -d`: a snapshot with clones is marked and goes with its last clone.
+    DeferWhileCloned,
+}
+
+#[derive(Clone, Debug)]
+pub struct Zfs {
+    runner: ProcessRunner,
+}
+
+fn option_args(properties: &Properties) -> Vec<String> {
+    properties
+        .iter()
+        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+fn strings<const N: usize>(args: [&str; N]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+impl Zfs {
+    pub fn new(runner: ProcessRunner) -> Self {
+        Self { runner }
+    }
+
+    /// Runs `zfs`/`zpool`: standard output on success, a typed error from standard error
+    /// otherwise.
+    async fn run(&self, program: &str, args: &[String]) -> Result<String> {
+        let finished = self.runner.run(program, args).await.map_err(|e| match e {
+            ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
+            ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
+        })?;
+        if finished.success() {
+            Ok(finished.stdout)
+        } else {
+            Err(ZfsError::from_stderr(finished.command, finished.stderr))
+        }
+    }
+
+    async fn zfs(&self, args: Vec<String>) -> Result<String> {
+        self.run("zfs", &args).await
+    }
+
+    /// The userland and kernel module versions (`zfs version`, OpenZFS 0.8 and later).
+    pub async fn version(&self) -> Result<String> {
+        Ok(self.zfs(strings(["version"])).await?.trim().replace('\n', ", "))
+    }
+
+    /// `zfs create -o …`: the properties are set atomically with the creation.
+    pub async fn create_filesystem(&self, name: &DatasetName, properties: &Properties) -> Result<()> {
+        let mut args = strings(["create"]);
+        args.extend(option_args(properties));
+        args.push(name.zfs_name());
+        self.zfs(args).await.map(drop)
+    }
+
+    /// `zfs create [-s] -V size -o …`.
+    pub async fn create_volume(
+        &self,
+        name: &DatasetName,
+        size_bytes: u64,
+        sparse: bool,
+        properties: &Properties,
+    ) -> Result<()> {
+        let mut args = strings(["create"]);
+        if sparse {
+            args.push("-s".into());
+        }
+        args.extend(["-V".to_string(), size_bytes.to_string()]);
+        args.extend(option_args(properties));
+        args.push(name.zfs_name());
+        self.zfs(args).await.map(drop)
+    }
+
+    pub async fn snapshot(&self, snapshot: &SnapshotName, properties: &Properties) -> Result<()> {
+        let mut args = strings(["snapshot"]);
+        args.extend(option_args(properties));
+        args.push(snapshot.zfs_name());
+        self.zfs(args).await.map(drop)
+    }
+
+    pub async fn clone_snapshot(
+        &self,
+        origin: &SnapshotName,
+        target: &DatasetName,
+        properties: &Properties,
+    ) -> Result<()> {
+        let mut args = strings(["clone"]);
+        args.extend(option_args(properties));
+        args.push(origin.zfs_name());
+        args.push(target.zfs_name());
+        self.zfs(args).await.map(drop)
+    }
+
+    /// Destroys one filesystem or volume. Never recursive: a dataset with snapshots or
+    /// children fails with `HasDependents` instead of taking them along.
+    pub async fn destroy_dataset(&self, name: &DatasetName) -> Result<()> {
+        self.zfs(vec!["destroy".into(), name.zfs_name()]).await.map(drop)
+    }
+
+    pub async fn destroy_snapshot(&self, snapshot: &SnapshotName, mode: Destroy) -> Result<()> {
+        let mut args = strings(["destroy"]);
+        if mode == Destroy::DeferWhileCloned {
+            args.push("-d".into());
+        }
+        args.push(snapshot.zfs_name());
+        self.zfs(args).await.map(drop)
+    }
+
+    /// `zfs set k=v …` in one call, so the properties change together.
+    pub async fn set(&self, target: &dyn ZfsTarget, properties: &Properties) -> Result<()> {
+        if properties.is_empty() {
+            return Ok(());
+        }
+        let mut args = strings(["set"]);
+        args.extend(properties.iter().map(|(k, v)| format!("{k}={v}")));
+        args.push(target.zfs_name());
+        self.zfs(args).await.map(drop)
+    }
+
+    /// `zfs get -H -p -o name,property,value,source`, grouped by dataset in output order.
+    pub async fn get(
+        &self,
+        target: &dyn ZfsTarget,
+        properties: &[&str],
+        depth: Depth,
+        types: &[DatasetType],
+    ) -> Result<Vec<Dataset>> {
+        let mut args = strings(["get", "-H", "-p", "-o", "name,property,value,source"]);
+        match depth {
+            Depth::Itself => {}
+            Depth::Levels(n) => args.extend(["-d".to_string(), n.to_string()]),
+            Depth::All => args.push("-r".into()),
+        }
+        if !types.is_empty() {
+            let types: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+            args.extend(["-t".to_string(), types.join(",")]);
+        }
+        args.push(properties.join(","));
+        args.push(target.zfs_name());
+        let command = format!("zfs {}", args.join(" "));
+        let output = self.zfs(args).await?;
+        types::parse_get_output(&output).map_err(|reason| ZfsError::Parse { command, reason })
+    }
+
+    /// The properties of one dataset or snapshot; `NotFound` when it does not exist.
+    pub async fn get_one(&self, target: &dyn ZfsTarget, properties: &[&str]) -> Result<Dataset> {
+        let name = target.zfs_name();
+        self.get(target, properties, Depth::Itself, &[])
+            .await?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or(ZfsError::NotFound(name))
+    }
+
+    /// Like `get_one`, but `None` for a dataset that does not exist.
+    pub async fn find(&self, target: &dyn ZfsTarget, properties: &[&str]) -> Result<Option<Dataset>> {
+        match self.get_one(target, properties).await {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn pool(&self, pool: &str) -> Result<Pool> {
+        let args = strings(["list", "-H", "-p", "-o", "name,size,allocated,free,health", pool]);
+        let command = format!("zpool {}", args.join(" "));
+        let output = self.run("zpool", &args).await?;
+        types::parse_pool_line(output.lines().next().unwrap_or_default())
+            .map_err(|reason| ZfsError::Parse { command, reason })
+    }
+}

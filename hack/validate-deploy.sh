@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Validate deploy/ offline, as CI does:
+#   manifests  every YAML document under deploy/ against the Kubernetes API schemas
+#              of K8S_VERSION (strict: unknown fields are errors), CRD and kustomize
+#              kinds against our own schemas (tests/deploy/schemas), cross-document
+#              checks, and both kustomize builds (deploy/ and deploy/k0s) rendered
+#              and validated the same way;
+#   flags      the zfs-csi container's args and env, run through the real binary
+#              (${ZFS_CSI_BIN:-target/debug/zfs-csi} ... --print-config).
+# Usage: hack/validate-deploy.sh [manifests|flags|all]   (default all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The oldest Kubernetes the pinned csi-provisioner (v6) supports.
+K8S_VERSION=1.34.0
+VENV=${XDG_CACHE_HOME:-$HOME/.cache}/zfs-csi/venv-deploy
+REQUIREMENTS=tests/deploy/requirements.txt
+ZFS_CSI_BIN=${ZFS_CSI_BIN:-target/debug/zfs-csi}
+step=${1:-all}
+case $step in manifests|flags|all) ;; *) echo "usage: $0 [manifests|flags|all]" >&2; exit 2 ;; esac
+
+want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements" 2>/dev/null)" = "$want" ]; then
+  echo "==> reusing Python venv $VENV"
+else
+  echo "==> creating Python venv $VENV from $REQUIREMENTS"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+  echo "$want" > "$VENV/.requirements"
+fi
+py=$VENV/bin/python
+
+status=0
+if [ "$step" != flags ]; then
+  echo "==> manifests under deploy/: Kubernetes $K8S_VERSION schemas (strict) and tests/deploy/schemas"
+  "$py" tests/deploy/validate_manifests.py --kubernetes-version "$K8S_VERSION" \
+    --schemas tests/deploy/schemas deploy || status=1
+
+  if command -v kubectl >/dev/null; then
+    rendered=$(mktemp -d)
+    trap 'rm -rf "$rendered"' EXIT
+    for dir in deploy deploy/k0s; do
+      out=$rendered/kustomize-build-$(echo "$dir" | tr / -).yaml
+      echo "==> kustomize build $dir (kubectl kustomize), then the same schemas"
+      if ! kubectl kustomize "$dir" > "$out"; then
+        echo "  FAIL  kubectl kustomize $dir"; status=1; continue
+      fi
+      "$py" tests/deploy/validate_manifests.py --kubernetes-version "$K8S_VERSION" \
+        --schemas tests/deploy/schemas --no-cross-checks "$out" || status=1
+    done
+    if [ -s "$rendered/kustomize-build-deploy-k0s.yaml" ]; then
+      echo "==> deploy/k0s build: no path left under /var/lib/kubelet"
+      if grep -n '/var/lib/kubelet' "$rendered/kustomize-build-deploy-k0s.yaml"; then
+        echo "  FAIL  the k0s overlay left the paths above unpatched"; status=1
+      else
+        echo "  ok    every kubelet path is under /var/lib/k0s/kubelet"
+      fi
+    fi
+  else
+    echo "==> SKIPPED kustomize builds: kubectl not found (the sources were validated above)"
+  fi
+fi
+
+if [ "$step" != manifests ]; then
+  echo "==> zfs-csi flags in deploy/base/node.yaml, run through $ZFS_CSI_BIN --print-config"
+  "$py" tests/deploy/check_driver_args.py --binary "$ZFS_CSI_BIN" \
+    deploy/base/node.yaml deploy/base/csidriver.yaml deploy/base/storageclasses.yaml || status=1
+fi
+
+if [ "$status" -eq 0 ]; then echo "==> deploy validation passed"; else echo "==> deploy validation FAILED"; fi
+exit "$status"
