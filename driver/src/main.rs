@@ -17,8 +17,12 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, as operators read it in `kubectl logs` or a CrashLoopBackOff event.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("zfs-csi: {}", first.trim_start_matches("error: "));
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("zfs-csi: {}", message.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -48,8 +52,8 @@ fn main() -> ExitCode {
     match runtime.block_on(zfs_csi::server::serve(config, zfs_csi::server::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line, in the configured log format.
             tracing::error!("{e}");
-            eprintln!("zfs-csi: {e}");
             ExitCode::FAILURE
         }
     }
@@ -57,7 +61,10 @@ fn main() -> ExitCode {
 
 fn init_logging(config: &Config) -> Result<(), String> {
     let filter = EnvFilter::try_new(&config.log_level).map_err(|e| e.to_string())?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

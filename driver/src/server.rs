@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -32,7 +33,31 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How long in-flight RPCs get to finish after SIGTERM before the driver exits anyway. Below
+/// Kubernetes' default 30 s termination grace period; an idle client connection that never
+/// closes must not hold the driver up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Splits the shutdown signal into the graceful stop handed to the server and a hard stop
+/// that fires `SHUTDOWN_GRACE` later; the hard stop must be polled for either to fire.
+fn shutdown_stages(
+    shutdown: impl Future<Output = ()> + Send,
+) -> (impl Future<Output = ()> + Send, impl Future<Output = ()> + Send) {
+    let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
+    let graceful = async move {
+        let _ = stop_requested.wait_for(|stop| *stop).await;
+    };
+    let hard = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after the stop signal; exiting anyway");
+    };
+    (graceful, hard)
+}
+
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), String> {
+    let (graceful, hard_stop) = shutdown_stages(shutdown);
     let driver = Arc::new(Driver::new(&config));
     let router = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(&driver))))
@@ -44,9 +69,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
             let listener = bind_unix(path)?;
             tracing::info!(endpoint = %config.endpoint, driver = %driver.name, node = %driver.node_id,
                 parents = %parents.join(","), version = driver.version, "serving CSI");
-            let result = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                .await;
+            let result = tokio::select! {
+                result = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), graceful) => result,
+                () = hard_stop => Ok(()),
+            };
             let _ = std::fs::remove_file(path);
             result.map_err(|e| format!("serving on {}: {e}", config.endpoint))?;
         }
@@ -56,10 +82,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
                 .map_err(|e| format!("cannot listen on {}: {e}", config.endpoint))?;
             tracing::info!(endpoint = %config.endpoint, driver = %driver.name, node = %driver.node_id,
                 parents = %parents.join(","), version = driver.version, "serving CSI");
-            router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                .await
-                .map_err(|e| format!("serving on {}: {e}", config.endpoint))?;
+            let result = tokio::select! {
+                result = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful) => result,
+                () = hard_stop => Ok(()),
+            };
+            result.map_err(|e| format!("serving on {}: {e}", config.endpoint))?;
         }
     }
     tracing::info!("stopped");

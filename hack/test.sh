@@ -1,0 +1,45 @@
+#!/bin/bash
+# The one test command: host unit tests, deploy manifest checks, then the integration and
+# conformance suite against real OpenZFS inside the test VM (built and cached on first use).
+# Env: ZFS_SUITE=bookworm runs the VM suite on OpenZFS 2.1 instead of 2.3;
+#      TEST_FILTER=name runs only the VM tests whose names contain it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+echo "== host: unit tests (tests that need real ZFS are #[ignore]d here; they run in the VM below)"
+cargo test --workspace --quiet
+
+if [ -x hack/validate-deploy.sh ]; then
+  echo "== deploy: manifests against the Kubernetes schemas, flags against the binary"
+  cargo build --quiet -p zfs-csi
+  ZFS_CSI_BIN=target/debug/zfs-csi bash hack/validate-deploy.sh
+fi
+
+echo "== building the binary and the VM test binaries"
+share=$(mktemp -d)
+trap 'rm -rf "$share"' EXIT
+mkdir -p "$share/bin" "$share/tests"
+cargo build --quiet -p zfs-csi
+cp target/debug/zfs-csi "$share/bin/"
+cargo test --quiet -p zfs-csi-tests --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])' |
+  while read -r name exe; do cp "$exe" "$share/tests/$name"; done
+echo "   test binaries: $(ls "$share/tests" | tr '\n' ' ')"
+cp hack/vm/run-tests.sh "$share/run.sh"
+[ -z "${TEST_FILTER:-}" ] || sed -i "1a export TEST_FILTER='$TEST_FILTER'" "$share/run.sh"
+
+echo "== VM: real OpenZFS (${ZFS_SUITE:-bookworm-backports})"
+image=$(bash hack/testvm-image.sh)
+set +e
+bash hack/run-vm.sh "$image" "$share"
+rc=$?
+set -e
+cat "$share/out/run.log" 2>/dev/null
+echo "== VM suite exit code: $rc"
+exit $rc

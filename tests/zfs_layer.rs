@@ -1,0 +1,206 @@
+//! The ZFS command layer against the real `zfs`/`zpool` in the test VM: every operation on all
+//! three pools, each typed error from the real message that triggers it, and cancellation.
+
+use std::time::Duration;
+
+use zfs_csi::process::ProcessRunner;
+use zfs_csi::zfs::{DatasetName, DatasetType, Depth, Destroy, PropertySource, SnapshotName, Zfs, ZfsError};
+use zfs_csi_tests::{dataset_exists, unique, wait_for_zvol_link, zfs_get};
+
+const POOLS: [&str; 3] = ["ai", "vms", "tank"];
+
+fn layer() -> Zfs {
+    Zfs::new(ProcessRunner::new(Vec::new(), Duration::from_secs(60)))
+}
+
+fn name(pool: &str, prefix: &str) -> DatasetName {
+    DatasetName::parse(&format!("{pool}/{}", unique(prefix))).unwrap()
+}
+
+fn props(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn filesystems_and_zvols_are_created_with_properties_and_inherit_compression() {
+    let zfs = layer();
+    for pool in POOLS {
+        let fs = name(pool, "layer-fs");
+        zfs.create_filesystem(&fs, &props(&[("mountpoint", "legacy"), ("refquota", "1073741824"), ("zfs-csi.io:test", "yes")]))
+            .await
+            .unwrap();
+        let zvol = name(pool, "layer-zvol");
+        zfs.create_volume(&zvol, 64 << 20, true, &props(&[("volblocksize", "16384")])).await.unwrap();
+
+        let got = zfs.get_one(&fs, &["type", "compression", "refquota", "zfs-csi.io:test", "mountpoint"]).await.unwrap();
+        assert_eq!(got.dataset_type(), Some(DatasetType::Filesystem));
+        assert_eq!(got.get("compression"), Some("lz4"));
+        assert_eq!(got.property("compression").unwrap().source, PropertySource::Inherited(pool.to_string()));
+        assert_eq!(got.get_u64("refquota"), Some(1 << 30));
+        assert_eq!(got.property("refquota").unwrap().source, PropertySource::Local);
+        assert_eq!(got.get("zfs-csi.io:test"), Some("yes"));
+
+        let got = zfs.get_one(&zvol, &["type", "compression", "volsize", "volblocksize", "refreservation"]).await.unwrap();
+        assert_eq!(got.dataset_type(), Some(DatasetType::Volume));
+        assert_eq!(got.get_u64("volsize"), Some(64 << 20));
+        assert_eq!(got.get_u64("refreservation"), Some(0), "sparse zvol has no reservation");
+        assert_eq!(got.property("compression").unwrap().source, PropertySource::Inherited(pool.to_string()));
+        // The real zfs agrees on the source, as a user would see it.
+        assert_eq!(zfs_get(zvol.as_str(), "compression"), ("lz4".into(), format!("inherited from {pool}")));
+        wait_for_zvol_link(zvol.as_str());
+
+        zfs.destroy_dataset(&zvol).await.unwrap();
+        zfs.destroy_dataset(&fs).await.unwrap();
+        assert!(!dataset_exists(fs.as_str()) && !dataset_exists(zvol.as_str()));
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn listing_follows_depth_and_type_filters() {
+    let zfs = layer();
+    let top = name("tank", "layer-list");
+    zfs.create_filesystem(&top, &Vec::new()).await.unwrap();
+    let child = top.child("child").unwrap();
+    zfs.create_filesystem(&child, &Vec::new()).await.unwrap();
+    let grandchild = child.child("vol").unwrap();
+    zfs.create_volume(&grandchild, 1 << 20, true, &Vec::new()).await.unwrap();
+    zfs.snapshot(&child.snapshot("s1").unwrap(), &Vec::new()).await.unwrap();
+
+    let names = |sets: Vec<zfs_csi::zfs::Dataset>| sets.into_iter().map(|d| d.name).collect::<Vec<_>>();
+    let one_level = zfs.get(&top, &["type"], Depth::Levels(1), &[DatasetType::Filesystem, DatasetType::Volume]).await.unwrap();
+    assert_eq!(names(one_level), [top.to_string(), child.to_string()]);
+    let all = zfs.get(&top, &["type"], Depth::All, &[]).await.unwrap();
+    assert_eq!(all.len(), 4, "{:?}", names(all));
+    let volumes = zfs.get(&top, &["type"], Depth::All, &[DatasetType::Volume]).await.unwrap();
+    assert_eq!(names(volumes), [grandchild.to_string()]);
+    let snapshots = zfs.get(&top, &["type"], Depth::All, &[DatasetType::Snapshot]).await.unwrap();
+    assert_eq!(names(snapshots), [format!("{child}@s1")]);
+
+    zfs_csi_tests::zfs(&["destroy", "-r", top.as_str()]);
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn snapshots_clones_properties_and_deferred_destroy() {
+    let zfs = layer();
+    for pool in POOLS {
+        let origin = name(pool, "layer-origin");
+        zfs.create_volume(&origin, 32 << 20, true, &Vec::new()).await.unwrap();
+        let snap = origin.snapshot("s1").unwrap();
+        zfs.snapshot(&snap, &props(&[("zfs-csi.io:csi-name", "s1")])).await.unwrap();
+        let got = zfs.get_one(&snap, &["type", "zfs-csi.io:csi-name"]).await.unwrap();
+        assert_eq!(got.dataset_type(), Some(DatasetType::Snapshot));
+        assert_eq!(got.get("zfs-csi.io:csi-name"), Some("s1"));
+
+        let clone = name(pool, "layer-clone");
+        zfs.clone_snapshot(&snap, &clone, &props(&[("zfs-csi.io:managed-by", "test")])).await.unwrap();
+        let got = zfs.get_one(&clone, &["origin", "zfs-csi.io:managed-by", "compression"]).await.unwrap();
+        assert_eq!(got.get("origin"), Some(snap.to_string().as_str()));
+        assert_eq!(got.get("zfs-csi.io:managed-by"), Some("test"));
+        assert_eq!(got.property("compression").unwrap().source, PropertySource::Inherited(pool.to_string()));
+
+        zfs.set(&clone, &props(&[("volsize", "67108864"), ("zfs-csi.io:note", "grown")])).await.unwrap();
+        let got = zfs.get_one(&clone, &["volsize", "zfs-csi.io:note"]).await.unwrap();
+        assert_eq!(got.get_u64("volsize"), Some(64 << 20));
+        assert_eq!(got.get("zfs-csi.io:note"), Some("grown"));
+
+        // Deferred: the snapshot stays while its clone lives, and goes with it.
+        zfs.destroy_snapshot(&snap, Destroy::DeferWhileCloned).await.unwrap();
+        let got = zfs.get_one(&snap, &["defer_destroy"]).await.unwrap();
+        assert_eq!(got.get("defer_destroy"), Some("on"));
+        zfs.destroy_dataset(&clone).await.unwrap();
+        assert!(!dataset_exists(&snap.to_string()), "deferred snapshot outlived its last clone");
+        zfs.destroy_dataset(&origin).await.unwrap();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn pool_health_and_capacity() {
+    let zfs = layer();
+    for pool in POOLS {
+        let p = zfs.pool(pool).await.unwrap();
+        assert_eq!(p.name, pool);
+        assert!(p.is_healthy(), "{p:?}");
+        assert!(p.size > 1 << 30 && p.free > 0 && p.free <= p.size, "{p:?}");
+    }
+    assert!(matches!(zfs.pool("nopool").await, Err(ZfsError::NotFound(_))));
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn real_error_messages_become_typed_errors() {
+    let zfs = layer();
+    let missing = DatasetName::parse("vms/does-not-exist").unwrap();
+    let e = zfs.get_one(&missing, &["type"]).await.unwrap_err();
+    assert!(matches!(e, ZfsError::NotFound(_)), "{e:?}");
+    let e = zfs.destroy_dataset(&missing).await.unwrap_err();
+    assert!(matches!(e, ZfsError::NotFound(_)), "{e:?}");
+    let e = zfs.destroy_snapshot(&SnapshotName::parse("vms/does-not-exist@s").unwrap(), Destroy::Now).await;
+    // Destroying a missing snapshot succeeds or reports not found, depending on the release.
+    assert!(matches!(e, Ok(()) | Err(ZfsError::NotFound(_))), "{e:?}");
+
+    let fs = name("vms", "layer-errors");
+    zfs.create_filesystem(&fs, &Vec::new()).await.unwrap();
+    let e = zfs.create_filesystem(&fs, &Vec::new()).await.unwrap_err();
+    assert!(matches!(e, ZfsError::AlreadyExists(_)), "{e:?}");
+
+    let snap = fs.snapshot("s").unwrap();
+    zfs.snapshot(&snap, &Vec::new()).await.unwrap();
+    let e = zfs.destroy_dataset(&fs).await.unwrap_err();
+    assert!(matches!(e, ZfsError::HasDependents(_)), "dataset with a snapshot: {e:?}");
+    let clone = name("vms", "layer-errors-clone");
+    zfs.clone_snapshot(&snap, &clone, &Vec::new()).await.unwrap();
+    let e = zfs.destroy_snapshot(&snap, Destroy::Now).await.unwrap_err();
+    assert!(matches!(e, ZfsError::HasDependents(_)), "snapshot with a clone: {e:?}");
+
+    let e = zfs.create_volume(&name("vms", "layer-huge"), 100 << 30, false, &Vec::new()).await.unwrap_err();
+    assert!(matches!(e, ZfsError::NoSpace(_)), "thick zvol larger than the pool: {e:?}");
+
+    let e = zfs.create_filesystem(&name("vms", "layer-bad"), &props(&[("compression", "bogus")])).await.unwrap_err();
+    assert!(matches!(e, ZfsError::Invalid(_)), "bad property value: {e:?}");
+    let e = zfs.create_volume(&name("vms", "layer-bad"), 1 << 20, true, &props(&[("volblocksize", "3000")])).await.unwrap_err();
+    assert!(matches!(e, ZfsError::Invalid(_)), "volblocksize not a power of two: {e:?}");
+
+    // Busy: a zvol whose device is held open cannot be destroyed.
+    let zvol = name("vms", "layer-busy");
+    zfs.create_volume(&zvol, 8 << 20, true, &Vec::new()).await.unwrap();
+    let device = wait_for_zvol_link(zvol.as_str());
+    let held = std::fs::File::open(&device).unwrap();
+    let e = zfs.destroy_dataset(&zvol).await.unwrap_err();
+    assert!(matches!(e, ZfsError::Busy(_)), "open zvol: {e:?}");
+    drop(held);
+    zfs.destroy_dataset(&zvol).await.unwrap();
+
+    zfs.destroy_dataset(&clone).await.unwrap();
+    zfs.destroy_snapshot(&snap, Destroy::Now).await.unwrap();
+    zfs.destroy_dataset(&fs).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn a_cancelled_call_leaves_no_process_behind() {
+    // A prefix that forks a marked child before running zfs, like a wrapper would.
+    let marker = format!("28.{}", std::process::id());
+    let prefix = vec!["sh".to_string(), "-c".to_string(), format!("sleep {marker} & wait; exec \"$@\""), "sh".to_string()];
+    let zfs = Zfs::new(ProcessRunner::new(prefix, Duration::from_secs(60)));
+    let vms = DatasetName::parse("vms").unwrap();
+    let call = zfs.get_one(&vms, &["type"]);
+    assert!(tokio::time::timeout(Duration::from_millis(500), call).await.is_err(), "the call should still be running");
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !live_process_with(&marker)
+    });
+    assert!(gone, "the dropped call left a process running");
+}
+
+fn live_process_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+        !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
+    })
+}
