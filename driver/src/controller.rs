@@ -43,8 +43,18 @@ struct VolumeRequest {
     /// The filesystem on a zvol; `None` for a raw block zvol and for datasets.
     zvol_fstype: Option<FsType>,
     capacity: u64,
+    range: Option<csi::CapacityRange>,
+    granule: u64,
     params: VolumeParams,
     source: Option<ContentSource>,
+}
+
+/// The snapshot a clone is made from, and what it was taken of.
+struct CloneOrigin {
+    snapshot: SnapshotName,
+    capacity: u64,
+    /// For a volume source: the driver's own snapshot still to be taken, with its properties.
+    take_snapshot: Option<Properties>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,8 +98,9 @@ fn round_up(value: u64, granule: u64) -> Option<u64> {
 }
 
 /// The capacity to provision (CSI CapacityRange semantics): at least `required_bytes`, at most
-/// `limit_bytes`, rounded up to `granule`; OUT_OF_RANGE when no such size exists.
-fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, minimum: u64) -> Result<u64, Status> {
+/// `limit_bytes`, rounded up to `granule`, `default` when the range names no size;
+/// OUT_OF_RANGE when no such size exists.
+fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, default: u64) -> Result<u64, Status> {
     let (required, limit) = range.map(|r| (r.required_bytes, r.limit_bytes)).unwrap_or((0, 0));
     if required < 0 || limit < 0 {
         return Err(Status::invalid_argument("capacity_range: bytes must not be negative"));
@@ -103,11 +114,11 @@ fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, minimum
     let wanted = if required > 0 {
         required
     } else if limit > 0 {
-        DEFAULT_CAPACITY.min(limit)
+        default.min(limit)
     } else {
-        DEFAULT_CAPACITY
+        default
     }
-    .max(minimum);
+    .max(granule);
     let size = round_up(wanted, granule).ok_or_else(|| Status::out_of_range("capacity_range: too large"))?;
     if limit > 0 && size > limit {
         return Err(Status::out_of_range(format!(
@@ -258,7 +269,7 @@ impl ControllerService {
             VolumeKind::Zvol => params.volblocksize.unwrap_or(DEFAULT_ZVOL_GRANULE),
             VolumeKind::Filesystem => 1,
         };
-        let capacity = capacity_from_range(req.capacity_range.as_ref(), granule, granule)?;
+        let capacity = capacity_from_range(req.capacity_range.as_ref(), granule, DEFAULT_CAPACITY)?;
         let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
             Some(volume_content_source::Type::Snapshot(s)) => Some(ContentSource::Snapshot(
@@ -275,7 +286,17 @@ impl ControllerService {
         let name = parent
             .child(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
-        Ok(VolumeRequest { csi_name: req.name.clone(), name, kind, zvol_fstype, capacity, params, source })
+        Ok(VolumeRequest {
+            csi_name: req.name.clone(),
+            name,
+            kind,
+            zvol_fstype,
+            capacity,
+            range: req.capacity_range,
+            granule,
+            params,
+            source,
+        })
     }
 
     /// Properties set at creation: our state, then the StorageClass's ZFS properties that
@@ -430,24 +451,22 @@ impl ControllerService {
             .map_err(|e| zfs_status(&format!("growing clone {} to {capacity} bytes", volume.name), e))
     }
 
-    /// Creates a clone of `source` as `request.name`. A volume source is cloned through a
-    /// snapshot the driver takes (and marks internal) first.
-    async fn create_clone(&self, request: &VolumeRequest, source: &ContentSource, props: &Properties) -> Result<(), Status> {
-        let zfs = &self.driver.zfs;
-        let (origin, source_capacity, source_kind) = match source {
+    /// Finds the snapshot a clone comes from: the given one, or for a volume source the one
+    /// the driver will take of it (marked internal). NOT_FOUND when the source is gone.
+    async fn resolve_source(&self, request: &VolumeRequest, source: &ContentSource) -> Result<CloneOrigin, Status> {
+        let origin = match source {
             ContentSource::Snapshot(snapshot) => {
-                let info = zfs
-                    .find(snapshot, SNAPSHOT_PROPERTIES)
-                    .await
-                    .map_err(|e| zfs_status(&format!("reading source snapshot {snapshot}"), e))?
-                    .map(|d| SnapshotInfo::from_dataset(&d, &self.driver.name))
+                let info = self
+                    .snapshot_info(snapshot)
+                    .await?
                     .filter(|s| !s.deferred_destroy)
                     .ok_or_else(|| Status::not_found(format!("source snapshot {snapshot} does not exist")))?;
                 let volume = self.driver.volume(snapshot.dataset()).await?.ok_or_else(|| {
                     Status::not_found(format!("the volume of source snapshot {snapshot} does not exist"))
                 })?;
+                self.check_clone_source(request, snapshot, volume.kind)?;
                 let capacity = if info.size_bytes > 0 { info.size_bytes } else { volume.capacity };
-                (snapshot.clone(), capacity, volume.kind)
+                CloneOrigin { snapshot: snapshot.clone(), capacity, take_snapshot: None }
             }
             ContentSource::Volume(name) => {
                 let volume = self
@@ -459,30 +478,38 @@ impl ControllerService {
                 let snapshot = name
                     .snapshot(&format!("clone-{}", request.csi_name))
                     .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", request.csi_name)))?;
-                let snapshot_props: Properties = vec![
+                self.check_clone_source(request, &snapshot, volume.kind)?;
+                let props: Properties = vec![
                     (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
                     (prop::CLONE_OF_VOLUME.to_string(), request.name.to_string()),
                     (prop::CAPACITY.to_string(), volume.capacity.to_string()),
                 ];
-                self.check_clone_source(request, &snapshot, volume.kind)?;
-                match zfs.snapshot(&snapshot, &snapshot_props).await {
-                    Ok(()) => {}
-                    // Left by an interrupted earlier attempt for this same clone.
-                    Err(ZfsError::AlreadyExists(_)) => {}
-                    Err(e) => return Err(zfs_status(&format!("snapshotting source volume {name}"), e)),
-                }
-                (snapshot, volume.capacity, volume.kind)
+                CloneOrigin { snapshot, capacity: volume.capacity, take_snapshot: Some(props) }
             }
         };
-        self.check_clone_source(request, &origin, source_kind)?;
-        if request.capacity < source_capacity {
+        Ok(origin)
+    }
+
+    /// Clones `origin` as `request.name` (taking the driver's snapshot of a volume source
+    /// first), then grows the clone to the requested size.
+    async fn create_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, props: &Properties) -> Result<(), Status> {
+        let zfs = &self.driver.zfs;
+        if request.capacity < origin.capacity {
             return Err(Status::out_of_range(format!(
-                "requested {} bytes is smaller than the source's {source_capacity} bytes; a clone cannot shrink",
-                request.capacity
+                "requested {} bytes is smaller than the source's {} bytes; a clone cannot shrink",
+                request.capacity, origin.capacity
             )));
         }
-        zfs.clone_snapshot(&origin, &request.name, props).await.map_err(|e| {
-            zfs_status(&format!("cloning {origin} into volume {}", request.name), e)
+        if let Some(snapshot_props) = &origin.take_snapshot {
+            match zfs.snapshot(&origin.snapshot, snapshot_props).await {
+                Ok(()) => {}
+                // Left by an interrupted earlier attempt for this same clone.
+                Err(ZfsError::AlreadyExists(_)) => {}
+                Err(e) => return Err(zfs_status(&format!("snapshotting source volume {}", origin.snapshot.dataset()), e)),
+            }
+        }
+        zfs.clone_snapshot(&origin.snapshot, &request.name, props).await.map_err(|e| {
+            zfs_status(&format!("cloning {} into volume {}", origin.snapshot, request.name), e)
         })?;
         let created = self.driver.volume(&request.name).await?.ok_or_else(|| {
             Status::internal(format!("clone {} is missing right after its creation", request.name))
@@ -644,13 +671,22 @@ impl Controller for ControllerService {
         request: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
-        let request = self.volume_request(&req)?;
+        let mut request = self.volume_request(&req)?;
         let _lock = self.driver.lock(request.name.as_str())?;
+        let origin = match &request.source {
+            Some(source) => {
+                let origin = self.resolve_source(&request, source).await?;
+                // Without a size, a clone is as large as its source.
+                request.capacity = capacity_from_range(request.range.as_ref(), request.granule, origin.capacity)?;
+                Some(origin)
+            }
+            None => None,
+        };
         let props = self.creation_properties(&request).await?;
         let zfs = &self.driver.zfs;
         let what = format!("creating volume {}", request.name);
-        let created = match (&request.source, request.kind) {
-            (Some(source), _) => self.create_clone(&request, source, &props).await,
+        let created = match (&origin, request.kind) {
+            (Some(origin), _) => self.create_clone(&request, origin, &props).await,
             (None, VolumeKind::Filesystem) => {
                 zfs.create_filesystem(&request.name, &props).await.map_err(|e| zfs_status(&what, e))
             }
@@ -1063,20 +1099,22 @@ mod tests {
 
     #[test]
     fn capacity_defaults_rounds_and_respects_limits() {
-        assert_eq!(capacity_from_range(None, 1, 1).unwrap(), DEFAULT_CAPACITY);
-        assert_eq!(capacity_from_range(Some(&range(1000, 0)), 16384, 16384).unwrap(), 16384);
-        assert_eq!(capacity_from_range(Some(&range(0, 4096)), 1, 1).unwrap(), 4096);
-        assert_eq!(capacity_from_range(Some(&range(1 << 30, 1 << 30)), 16384, 16384).unwrap(), 1 << 30);
+        const D: u64 = DEFAULT_CAPACITY;
+        assert_eq!(capacity_from_range(None, 1, D).unwrap(), D);
+        assert_eq!(capacity_from_range(None, 1, 12345).unwrap(), 12345, "a clone defaults to its source's size");
+        assert_eq!(capacity_from_range(Some(&range(1000, 0)), 16384, D).unwrap(), 16384);
+        assert_eq!(capacity_from_range(Some(&range(0, 4096)), 1, D).unwrap(), 4096);
+        assert_eq!(capacity_from_range(Some(&range(1 << 30, 1 << 30)), 16384, D).unwrap(), 1 << 30);
         assert_eq!(
-            capacity_from_range(Some(&range(1000, 2000)), 16384, 16384).unwrap_err().code(),
+            capacity_from_range(Some(&range(1000, 2000)), 16384, D).unwrap_err().code(),
             tonic::Code::OutOfRange
         );
         assert_eq!(
-            capacity_from_range(Some(&range(2000, 1000)), 1, 1).unwrap_err().code(),
+            capacity_from_range(Some(&range(2000, 1000)), 1, D).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         assert_eq!(
-            capacity_from_range(Some(&range(-1, 0)), 1, 1).unwrap_err().code(),
+            capacity_from_range(Some(&range(-1, 0)), 1, D).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
     }

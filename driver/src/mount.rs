@@ -82,7 +82,7 @@ pub fn mount_table() -> Result<Vec<MountEntry>, MountError> {
 
 /// The topmost mount at `path`, if any.
 pub fn mount_at(path: &Path) -> Result<Option<MountEntry>, MountError> {
-    Ok(mount_table()?.into_iter().filter(|m| m.mount_point == path).next_back())
+    Ok(mount_table()?.into_iter().rfind(|m| m.mount_point == path))
 }
 
 /// Mount flags that are flags to mount(2); anything else goes to the filesystem as data.

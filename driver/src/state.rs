@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::zfs::{Dataset, DatasetName, DatasetType};
+use crate::zfs::{Dataset, DatasetName, DatasetType, PropertySource};
 
 /// User property names. `zfs list -o name,zfs-csi.io:pvc-name` shows an operator what each
 /// dataset is.
@@ -33,6 +33,14 @@ pub mod prop {
     pub const PVC_NAME: &str = "zfs-csi.io:pvc-name";
     pub const PVC_NAMESPACE: &str = "zfs-csi.io:pvc-namespace";
     pub const PV_NAME: &str = "zfs-csi.io:pv-name";
+}
+
+/// The value of one of our user properties when it was set on this very dataset or snapshot.
+/// User properties are inherited: a snapshot the operator (or sanoid) takes of our volume, or
+/// a dataset created below it, would otherwise carry our marker and look like ours.
+fn own_property<'a>(dataset: &'a Dataset, property: &str) -> Option<&'a str> {
+    let p = dataset.property(property)?;
+    matches!(p.source, PropertySource::Local | PropertySource::Received).then_some(p.value.as_str())
 }
 
 /// What is read to describe a volume.
@@ -115,19 +123,19 @@ impl VolumeInfo {
             VolumeKind::Filesystem => positive("refquota").or_else(|| positive("quota")),
         }
         .unwrap_or(0);
-        let owned = |p: &str| dataset.get(p).map(str::to_string);
+        let owned = |p: &str| own_property(dataset, p).map(str::to_string);
         Some(Self {
             name: DatasetName::parse(&dataset.name).ok()?,
             kind,
-            managed: dataset.get(prop::MANAGED_BY) == Some(driver_name),
+            managed: own_property(dataset, prop::MANAGED_BY) == Some(driver_name),
             csi_name: owned(prop::CSI_NAME),
             capacity,
             content_source: owned(prop::CONTENT_SOURCE),
             parameters: owned(prop::PARAMETERS),
             fstype: owned(prop::FSTYPE),
-            shared: dataset.get(prop::SHARED) == Some("yes"),
-            deleted: dataset.get(prop::DELETED) == Some("true"),
-            origin: owned("origin"),
+            shared: own_property(dataset, prop::SHARED) == Some("yes"),
+            deleted: own_property(dataset, prop::DELETED) == Some("true"),
+            origin: dataset.get("origin").filter(|o| *o != "-").map(str::to_string),
         })
     }
 
@@ -164,16 +172,16 @@ impl SnapshotInfo {
     pub fn from_dataset(dataset: &Dataset, driver_name: &str) -> Self {
         Self {
             name: dataset.name.clone(),
-            managed: dataset.get(prop::MANAGED_BY) == Some(driver_name),
-            csi_name: dataset.get(prop::CSI_NAME).map(str::to_string),
-            size_bytes: dataset.get_u64(prop::CAPACITY).unwrap_or(0),
+            managed: own_property(dataset, prop::MANAGED_BY) == Some(driver_name),
+            csi_name: own_property(dataset, prop::CSI_NAME).map(str::to_string),
+            size_bytes: own_property(dataset, prop::CAPACITY).and_then(|v| v.parse().ok()).unwrap_or(0),
             creation: dataset.get_u64("creation").unwrap_or(0) as i64,
             clones: dataset
                 .get("clones")
                 .map(|c| c.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
                 .unwrap_or_default(),
             deferred_destroy: dataset.get("defer_destroy") == Some("on"),
-            internal: dataset.get(prop::CLONE_OF_VOLUME).is_some(),
+            internal: own_property(dataset, prop::CLONE_OF_VOLUME).is_some(),
         }
     }
 
@@ -238,6 +246,26 @@ mod tests {
         let v = VolumeInfo::from_dataset(&d, "zfs-csi.io").unwrap();
         assert_eq!(v.capacity, 0);
         assert!(!v.managed);
+    }
+
+    #[test]
+    fn an_inherited_marker_does_not_make_a_snapshot_or_child_ours() {
+        let inherited = PropertySource::Inherited("vms/pvc-1".into());
+        let snap = dataset(
+            "vms/pvc-1@sanoid-hourly",
+            &[
+                ("type", "snapshot", PropertySource::None),
+                (prop::MANAGED_BY, "zfs-csi.io", inherited.clone()),
+                (prop::CSI_NAME, "pvc-1", inherited.clone()),
+            ],
+        );
+        let info = SnapshotInfo::from_dataset(&snap, "zfs-csi.io");
+        assert!(!info.managed && info.csi_name.is_none() && !info.is_listed());
+        let child = dataset(
+            "vms/pvc-1/child",
+            &[("type", "filesystem", PropertySource::None), (prop::MANAGED_BY, "zfs-csi.io", inherited)],
+        );
+        assert!(!VolumeInfo::from_dataset(&child, "zfs-csi.io").unwrap().managed);
     }
 
     #[test]
