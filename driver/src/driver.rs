@@ -72,17 +72,21 @@ impl Driver {
         Ok(self.is_within_parents(&name).then_some(name))
     }
 
-    /// A snapshot ID (`dataset@snapshot`) as a snapshot name; like `volume_name`.
+    /// A snapshot ID (`dataset@snapshot`) as a snapshot name; `None` when no snapshot of ours
+    /// can have it: malformed (csi-sanity and the spec want DeleteSnapshot of such an ID to
+    /// succeed and a clone from it to be NOT_FOUND) or outside the configured parents.
+    /// Either way it never reaches a command.
     pub fn snapshot_name(&self, snapshot_id: &str) -> Result<Option<SnapshotName>, Status> {
         if snapshot_id.is_empty() {
             return Err(Status::invalid_argument("snapshot_id is required"));
         }
-        let name = SnapshotName::parse(snapshot_id).map_err(|e| {
-            Status::invalid_argument(format!(
-                "snapshot_id {snapshot_id:?} is not a snapshot name (dataset@snapshot): {e}"
-            ))
-        })?;
-        Ok(self.is_within_parents(name.dataset()).then_some(name))
+        match SnapshotName::parse(snapshot_id) {
+            Ok(name) => Ok(self.is_within_parents(name.dataset()).then_some(name)),
+            Err(e) => {
+                tracing::debug!(snapshot = %snapshot_id, "not a snapshot name: {e}");
+                Ok(None)
+            }
+        }
     }
 
     /// Holds the operation lock of `id`, or ABORTED when another RPC on it is in flight.

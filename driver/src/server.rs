@@ -6,7 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
 use tokio::net::{TcpListener, UnixListener};
+use tonic::codegen::http;
+use tracing::Instrument;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
@@ -60,6 +66,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     let (graceful, hard_stop) = shutdown_stages(shutdown);
     let driver = Arc::new(Driver::new(&config));
     let router = Server::builder()
+        .layer(tower::layer::layer_fn(RpcLog))
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(&driver))))
         .add_service(ControllerServer::new(ControllerService::new(Arc::clone(&driver))))
         .add_service(NodeServer::new(NodeService::new(Arc::clone(&driver))));
@@ -113,4 +120,83 @@ fn bind_unix(path: &Path) -> Result<UnixListener, String> {
             .map_err(|e| format!("cannot create the socket directory {}: {e}", dir.display()))?;
     }
     UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+}
+
+/// Logs every RPC: a span named for its method (so the services' own log lines carry it), a
+/// debug line with its latency, and a warning with the gRPC code and message when it fails,
+/// so a refused request is visible in `kubectl logs` without turning on debug logging.
+#[derive(Clone)]
+struct RpcLog<S>(S);
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcLog<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+        let span = tracing::info_span!("rpc", method = %method);
+        let started = Instant::now();
+        let response = self.0.call(request);
+        Box::pin(
+            async move {
+                let response = response.await?;
+                // Handler errors are trailers-only responses: the status is in the headers.
+                let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+                match header("grpc-status") {
+                    Some(code) if code != "0" => {
+                        let code = tonic::Code::from_i32(code.parse().unwrap_or(2));
+                        let message = header("grpc-message")
+                            .map(percent_decode)
+                            .unwrap_or_default();
+                        tracing::warn!(code = ?code, elapsed_ms = started.elapsed().as_millis() as u64, "{message}");
+                    }
+                    _ => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "done"),
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// grpc-message is percent-encoded on the wire.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(percent_decode("volume%20vms%2Fa: 100%25"), "volume vms/a: 100%");
+        assert_eq!(percent_decode("broken %2"), "broken %2");
+    }
 }

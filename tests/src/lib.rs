@@ -90,6 +90,38 @@ impl DriverProcess {
         NodeClient::new(self.channel.clone())
     }
 
+    /// CreateVolume, expected to succeed.
+    pub async fn create(&self, req: csi::CreateVolumeRequest) -> csi::Volume {
+        self.controller().create_volume(req).await.expect("CreateVolume").into_inner().volume.expect("volume")
+    }
+
+    /// DeleteVolume, expected to succeed.
+    pub async fn delete(&self, volume_id: &str) {
+        self.controller()
+            .delete_volume(csi::DeleteVolumeRequest { volume_id: volume_id.into(), ..Default::default() })
+            .await
+            .expect("DeleteVolume");
+    }
+
+    /// CreateSnapshot, expected to succeed.
+    pub async fn snapshot(&self, source: &str, name: &str) -> csi::Snapshot {
+        self.controller()
+            .create_snapshot(csi::CreateSnapshotRequest { source_volume_id: source.into(), name: name.into(), ..Default::default() })
+            .await
+            .expect("CreateSnapshot")
+            .into_inner()
+            .snapshot
+            .expect("snapshot")
+    }
+
+    /// DeleteSnapshot, expected to succeed.
+    pub async fn delete_snapshot(&self, snapshot_id: &str) {
+        self.controller()
+            .delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: snapshot_id.into(), ..Default::default() })
+            .await
+            .expect("DeleteSnapshot");
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -187,8 +219,8 @@ pub fn dataset_exists(name: &str) -> bool {
 }
 
 /// Every dataset, zvol and snapshot on the machine with its GUID (a destroyed and recreated
-/// dataset has a new one), to compare before and after. Not space figures: other tests run
-/// alongside and move them.
+/// dataset has a new one), to compare before and after. Only meaningful in a test that has
+/// the machine to itself (tests/untouched.rs runs single-threaded, alone).
 pub fn zfs_inventory() -> String {
     zfs(&["list", "-H", "-p", "-t", "all", "-o", "name,type,guid"])
 }
