@@ -58,6 +58,20 @@ fn path_arg(field: &str, value: &str) -> Result<PathBuf, Status> {
     Ok(path)
 }
 
+/// The path where the CO says a volume is (stats, expand): required. A path that is not
+/// absolute cannot be where a volume was staged or published, so it is NOT_FOUND like any
+/// other path that holds no volume (csi-sanity sends `some/path` and expects NOT_FOUND).
+fn volume_path_arg(value: &str) -> Result<PathBuf, Status> {
+    if value.is_empty() {
+        return Err(missing("volume_path"));
+    }
+    let path = PathBuf::from(value);
+    if !path.is_absolute() {
+        return Err(Status::not_found(format!("volume path {value:?} does not exist: it is not absolute")));
+    }
+    Ok(path)
+}
+
 /// The file name of a zvol's kernel device (`zd0`), which is what a bind mount of the device
 /// node shows as its root in mountinfo.
 fn device_file_name(device: &Path) -> String {
@@ -495,7 +509,7 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         let name = self.driver.volume_name(&req.volume_id)?;
-        let path = path_arg("volume_path", &req.volume_path)?;
+        let path = volume_path_arg(&req.volume_path)?;
         let name = name.ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
         let meta = std::fs::metadata(&path)
             .map_err(|_| Status::not_found(format!("volume path {} does not exist", path.display())))?;
@@ -546,14 +560,7 @@ impl Node for NodeService {
         if req.volume_id.is_empty() {
             return Err(missing("volume_id"));
         }
-        let volume_path = path_arg("volume_path", &req.volume_path)?;
-        let range = req.capacity_range.as_ref().ok_or_else(|| missing("capacity_range"))?;
-        if range.required_bytes < 0 || range.limit_bytes < 0 {
-            return Err(Status::invalid_argument("capacity_range: bytes must not be negative"));
-        }
-        if range.limit_bytes > 0 && range.limit_bytes < range.required_bytes {
-            return Err(Status::invalid_argument("capacity_range: limit_bytes is below required_bytes"));
-        }
+        let volume_path = volume_path_arg(&req.volume_path)?;
         let block = req
             .volume_capability
             .as_ref()
@@ -561,9 +568,18 @@ impl Node for NodeService {
             .transpose()?
             .is_some_and(|a| a == AccessType::Block);
         let _lock = self.driver.lock(&req.volume_id)?;
+        // The volume and its path before the capacity range: csi-sanity asks to expand an
+        // unknown volume with no range at all and expects NOT_FOUND.
         let volume = self.existing_volume(&req.volume_id).await?;
         if !volume_path.exists() {
             return Err(Status::not_found(format!("volume path {} does not exist", volume_path.display())));
+        }
+        let range = req.capacity_range.as_ref().ok_or_else(|| missing("capacity_range"))?;
+        if range.required_bytes < 0 || range.limit_bytes < 0 {
+            return Err(Status::invalid_argument("capacity_range: bytes must not be negative"));
+        }
+        if range.limit_bytes > 0 && range.limit_bytes < range.required_bytes {
+            return Err(Status::invalid_argument("capacity_range: limit_bytes is below required_bytes"));
         }
         let capacity = self
             .grow_volume(&volume, range.required_bytes as u64, range.limit_bytes as u64)
@@ -603,5 +619,17 @@ impl Node for NodeService {
             max_volumes_per_node: 0,
             accessible_topology: Some(self.driver.topology()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_path_is_required_and_a_relative_one_holds_no_volume() {
+        assert_eq!(volume_path_arg("").unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(volume_path_arg("some/path").unwrap_err().code(), tonic::Code::NotFound);
+        assert_eq!(volume_path_arg("/var/lib/kubelet/x").unwrap(), PathBuf::from("/var/lib/kubelet/x"));
     }
 }
