@@ -82,6 +82,15 @@ fn is_device_bind(entry: &MountEntry, device: &Path) -> bool {
     entry.root.rsplit('/').next() == Some(device_file_name(device).as_str()) && entry.root != "/"
 }
 
+/// Whether the driver may make a filesystem on a zvol on which `blkid` finds nothing: only on
+/// one it created to carry a filesystem. An imported zvol, or one created for raw block use
+/// (the controller records fstype `block`), may hold data that no signature announces (an
+/// encrypted disk, a database's raw device); that blkid knows nothing of it does not make it
+/// empty.
+fn may_format(volume: &VolumeInfo) -> bool {
+    volume.managed && volume.fstype.as_deref() != Some("block")
+}
+
 /// The size of a block device, from sysfs (512-byte sectors).
 fn device_size(device: &Path) -> Option<u64> {
     let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", device_file_name(device))).ok()?;
@@ -153,6 +162,14 @@ impl NodeService {
             DeviceContent::Empty if read_only => {
                 return Err(Status::failed_precondition(format!(
                     "volume {} holds no filesystem and is to be mounted read-only: nothing to mount",
+                    volume.name
+                )))
+            }
+            DeviceContent::Empty if !may_format(volume) => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} holds no filesystem that blkid recognises, but the driver did not create it \
+                     to carry one, so it may hold data all the same: it is never formatted; make the \
+                     filesystem yourself or use it as a raw block volume",
                     volume.name
                 )))
             }
@@ -625,6 +642,30 @@ impl Node for NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn zvol(managed: bool, fstype: Option<&str>) -> VolumeInfo {
+        VolumeInfo {
+            name: DatasetName::parse("vms/v").unwrap(),
+            kind: VolumeKind::Zvol,
+            managed,
+            csi_name: None,
+            capacity: 1 << 30,
+            content_source: None,
+            parameters: None,
+            fstype: fstype.map(str::to_string),
+            shared: false,
+            deleted: false,
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn only_zvols_created_for_a_filesystem_are_ever_formatted() {
+        assert!(may_format(&zvol(true, Some("ext4"))));
+        assert!(!may_format(&zvol(true, Some("block"))));
+        assert!(!may_format(&zvol(false, None)));
+        assert!(!may_format(&zvol(false, Some("ext4"))));
+    }
 
     #[test]
     fn a_volume_path_is_required_and_a_relative_one_holds_no_volume() {
