@@ -1,5 +1,6 @@
-//! What is on a zvol's device, making a filesystem on an empty one, and growing one online.
-//! The tools run in the driver's own container (blkid, mkfs.*, resize2fs, xfs_growfs, btrfs).
+//! What is on a zvol's device, making a filesystem on an empty one, growing one online, and
+//! the device's read-only flag. The tools run in the driver's own container (blkid, mkfs.*,
+//! resize2fs, xfs_growfs, btrfs, blockdev).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,6 +71,13 @@ impl Formatter {
             FsType::Zfs => unreachable_zfs(),
         }
         .map(drop)
+    }
+
+    /// Makes the whole device read-only, or read-write again (`blockdev --setro`/`--setrw`,
+    /// the BLKROSET ioctl): a flag in the kernel, not in ZFS, gone at reboot.
+    pub async fn set_read_only(&self, device: &Path, read_only: bool) -> Result<(), FormatError> {
+        let flag = if read_only { "--setro" } else { "--setrw" };
+        self.run("blockdev", &[flag, &device.to_string_lossy()]).await.map(drop)
     }
 
     /// Grows the filesystem mounted at `mount_point` from `device` to the device's size,

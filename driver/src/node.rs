@@ -91,6 +91,13 @@ fn may_format(volume: &VolumeInfo) -> bool {
     volume.managed && volume.fstype.as_deref() != Some("block")
 }
 
+/// Whether the kernel holds a block device read-only (sysfs `ro`, which `blockdev --setro`
+/// sets).
+fn device_read_only(device: &Path) -> bool {
+    std::fs::read_to_string(format!("/sys/class/block/{}/ro", device_file_name(device)))
+        .is_ok_and(|ro| ro.trim() == "1")
+}
+
 /// The size of a block device, from sysfs (512-byte sectors).
 fn device_size(device: &Path) -> Option<u64> {
     let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", device_file_name(device))).ok()?;
@@ -259,6 +266,27 @@ impl NodeService {
             )));
         }
         self.check_not_published_elsewhere(volume, mode, |m| is_device_bind(m, &device) && m.mount_point != target)?;
+        // A read-only bind mount does not stop writes through a device node (the kernel checks
+        // a mount's read-only flag when files are written, not devices), so read-only raw block
+        // is the device's own flag, and that is one state for all the device's publishes.
+        let table = mount::mount_table().map_err(mount_status)?;
+        if let Some(other) = table
+            .iter()
+            .find(|m| is_device_bind(m, &device) && m.mount_point != target && m.is_read_only() != read_only)
+        {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is published {} at {}; a raw block device is read-only for all its users or for none",
+                volume.name,
+                if other.is_read_only() { "read-only" } else { "read-write" },
+                other.mount_point.display()
+            )));
+        }
+        if device_read_only(&device) != read_only {
+            self.formatter
+                .set_read_only(&device, read_only)
+                .await
+                .map_err(|e| format_status(&format!("publishing volume {}", volume.name), e))?;
+        }
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
         }
@@ -268,6 +296,26 @@ impl NodeService {
             .open(target)
             .map_err(|e| Status::internal(format!("creating the block target file {}: {e}", target.display())))?;
         mount::bind(&device, target, &[], read_only).map_err(mount_status)
+    }
+
+    /// After an unpublish: a zvol's device that no target publishes any more loses the
+    /// read-only flag a read-only raw block publish gave it.
+    async fn release_device(&self, name: &DatasetName) -> Result<(), Status> {
+        // Only zvols have the link; a dataset's name finds nothing here.
+        let Ok(device) = std::fs::canonicalize(format!("/dev/zvol/{name}")) else {
+            return Ok(());
+        };
+        if !device_read_only(&device) {
+            return Ok(());
+        }
+        let table = mount::mount_table().map_err(mount_status)?;
+        if table.iter().any(|m| is_device_bind(m, &device)) {
+            return Ok(());
+        }
+        self.formatter
+            .set_read_only(&device, false)
+            .await
+            .map_err(|e| format_status(&format!("unpublishing volume {name}"), e))
     }
 
     async fn publish_mount(&self, volume: &VolumeInfo, staging: &Path, target: &Path, mode: Mode, mount_flags: &[String], read_only: bool) -> Result<(), Status> {
@@ -503,10 +551,13 @@ impl Node for NodeService {
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        self.driver.volume_name(&req.volume_id)?;
+        let name = self.driver.volume_name(&req.volume_id)?;
         let target = path_arg("target_path", &req.target_path)?;
         let _lock = self.driver.lock(&req.volume_id)?;
         mount::unmount_all(&target).map_err(mount_status)?;
+        if let Some(name) = &name {
+            self.release_device(name).await?;
+        }
         // Removes only an empty directory or the block target file: if something is still
         // inside, it is not ours to delete.
         let removed = match std::fs::symlink_metadata(&target) {
