@@ -10,6 +10,7 @@ done
 echo "\$ zfs-csi --endpoint unix:///run/csi/csi.sock --node-id demo-node --parents ai,vms,tank &"
 bin/zfs-csi --endpoint unix:///run/csi/csi.sock --node-id demo-node --parents ai,vms,tank 2> out/driver.log &
 driver=$!
+for _ in $(seq 100); do [ -S /run/csi/csi.sock ] && break; sleep 0.1; done
 echo
 bin/zfs-csi-demo /run/csi/csi.sock
 echo

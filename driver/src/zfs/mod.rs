@@ -144,7 +144,20 @@ impl Zfs {
 
     /// Destroys one filesystem or volume. Never recursive: a dataset with snapshots or
     /// children fails with `HasDependents` instead of taking them along.
+    ///
+    /// `Busy` is retried for about two seconds: udev opens a new or changed zvol's device to
+    /// probe it, and a destroy in that window fails although nothing uses the volume.
     pub async fn destroy_dataset(&self, name: &DatasetName) -> Result<()> {
+        let mut backoff = std::time::Duration::from_millis(50);
+        for _ in 0..6 {
+            match self.zfs(vec!["destroy".into(), name.zfs_name()]).await {
+                Err(ZfsError::Busy(_)) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other.map(drop),
+            }
+        }
         self.zfs(vec!["destroy".into(), name.zfs_name()]).await.map(drop)
     }
 
