@@ -204,3 +204,53 @@ fn live_process_with(marker: &str) -> bool {
         !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
     })
 }
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn destroy_if_owned_destroys_only_what_carries_the_marker_itself() {
+    use zfs_csi::zfs::OwnedDestroy;
+    let zfs = layer();
+    let marker = "zfs-csi.io:managed-by";
+    let ours = props(&[("mountpoint", "legacy"), (marker, "zfs-csi.io")]);
+
+    let owned = name("ai", "owned");
+    zfs.create_filesystem(&owned, &ours).await.unwrap();
+    assert_eq!(zfs.destroy_filesystem_if_owned(&owned, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::Destroyed { origin: None });
+    assert!(!dataset_exists(owned.as_str()));
+    assert_eq!(zfs.destroy_filesystem_if_owned(&owned, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::NotFound);
+
+    // Someone else's, another driver's, and one that only inherits our marker.
+    let foreign = name("ai", "foreign");
+    zfs.create_filesystem(&foreign, &Vec::new()).await.unwrap();
+    let parent = name("ai", "marked-parent");
+    zfs.create_filesystem(&parent, &ours).await.unwrap();
+    let child = parent.child("child").unwrap();
+    zfs.create_filesystem(&child, &Vec::new()).await.unwrap();
+    for (dataset, owner) in [(&foreign, "zfs-csi.io"), (&parent, "other.driver"), (&child, "zfs-csi.io")] {
+        assert_eq!(zfs.destroy_filesystem_if_owned(dataset, marker, owner).await.unwrap(), OwnedDestroy::NotOwned);
+        assert!(dataset_exists(dataset.as_str()));
+    }
+
+    // Dependents and zvols are refused, untouched.
+    let with_snapshot = name("ai", "with-snap");
+    zfs.create_filesystem(&with_snapshot, &ours).await.unwrap();
+    let snap = with_snapshot.snapshot("s").unwrap();
+    zfs.snapshot(&snap, &Vec::new()).await.unwrap();
+    assert!(matches!(zfs.destroy_filesystem_if_owned(&with_snapshot, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::Refused(_)));
+    let zvol = name("ai", "zvol");
+    zfs.create_volume(&zvol, 1 << 20, true, &props(&[(marker, "zfs-csi.io")])).await.unwrap();
+    assert_eq!(zfs.destroy_filesystem_if_owned(&zvol, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::NotAFilesystem);
+
+    // A clone reports its origin, so the driver can reap what it came from.
+    let clone = name("ai", "clone");
+    zfs.clone_snapshot(&snap, &clone, &ours).await.unwrap();
+    assert_eq!(
+        zfs.destroy_filesystem_if_owned(&clone, marker, "zfs-csi.io").await.unwrap(),
+        OwnedDestroy::Destroyed { origin: Some(snap.to_string()) }
+    );
+    for d in [&zvol, &child, &parent, &foreign] {
+        zfs.destroy_dataset(d).await.unwrap();
+    }
+    zfs.destroy_snapshot(&snap, Destroy::Now).await.unwrap();
+    zfs.destroy_dataset(&with_snapshot).await.unwrap();
+}

@@ -17,7 +17,7 @@ use crate::driver::Driver;
 use crate::errors::{missing, zfs_status};
 use crate::params::{FsType, QuotaType, VolumeParams};
 use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
-use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, Properties, SnapshotName, ZfsError};
+use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, OwnedDestroy, Properties, SnapshotName, ZfsError};
 
 /// Capacity of a volume when the request gives none.
 const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -751,6 +751,21 @@ impl Controller for ControllerService {
             return Ok(Response::new(csi::DeleteVolumeResponse {}));
         };
         let _lock = self.driver.lock(name.as_str())?;
+        // The common case, a filesystem of ours with nothing depending on it, in one atomic
+        // command; everything else (zvols, dependents, busy, foreign) takes the path below.
+        match self.driver.zfs.destroy_filesystem_if_owned(&name, prop::MANAGED_BY, &self.driver.name).await {
+            Ok(OwnedDestroy::Destroyed { origin }) => {
+                tracing::info!(volume = %name, "destroyed");
+                self.reap_origin(origin.as_deref()).await?;
+                return Ok(Response::new(csi::DeleteVolumeResponse {}));
+            }
+            Ok(OwnedDestroy::NotFound) => {
+                tracing::info!(volume = %name, "already gone");
+                return Ok(Response::new(csi::DeleteVolumeResponse {}));
+            }
+            Ok(other) => tracing::debug!(volume = %name, outcome = ?other, "not destroyed in one step"),
+            Err(e) => tracing::warn!(volume = %name, "the destroy channel program failed, checking step by step: {e}"),
+        }
         match self.driver.volume(&name).await? {
             None => tracing::info!(volume = %name, "already gone"),
             Some(volume) if !volume.managed => tracing::info!(volume = %name,

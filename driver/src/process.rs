@@ -67,6 +67,11 @@ impl ProcessRunner {
 
     /// Runs `program args…` to its end (or kills it at the deadline or when dropped).
     pub async fn run(&self, program: &str, args: &[String]) -> Result<Finished, ProcessError> {
+        self.run_with_input(program, args, None).await
+    }
+
+    /// Like `run`, with `input` written to the program's standard input.
+    pub async fn run_with_input(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<Finished, ProcessError> {
         let command_line = std::iter::once(program)
             .chain(args.iter().map(String::as_str))
             .collect::<Vec<_>>()
@@ -84,19 +89,27 @@ impl ProcessRunner {
             .args(rest)
             .args(args)
             .env("LC_ALL", "C")
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
         tracing::debug!(command = %command_line, "running");
-        let child = command.spawn().map_err(|e| ProcessError::Spawn {
+        let mut child = command.spawn().map_err(|e| ProcessError::Spawn {
             command: command_line.clone(),
             reason: e.to_string(),
         })?;
         let mut guard = GroupKillGuard {
             pgid: child.id().map(|id| Pid::from_raw(id as i32)),
         };
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            // Small inputs (a script): written whole, then closed so the program sees EOF.
+            stdin.write_all(input).await.map_err(|e| ProcessError::Spawn {
+                command: command_line.clone(),
+                reason: format!("writing its input: {e}"),
+            })?;
+        }
         let output = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
             .map_err(|_| ProcessError::TimedOut {
@@ -144,6 +157,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(done.stdout, "1 C\n");
+    }
+
+    #[tokio::test]
+    async fn input_reaches_the_program() {
+        let done = runner(&[], Duration::from_secs(10))
+            .run_with_input("cat", &[], Some(b"script\n"))
+            .await
+            .unwrap();
+        assert_eq!(done.stdout, "script\n");
     }
 
     #[tokio::test]

@@ -52,6 +52,56 @@ pub enum Destroy {
     DeferWhileCloned,
 }
 
+/// What `destroy_filesystem_if_owned` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedDestroy {
+    /// Destroyed; a clone names the snapshot it came from.
+    Destroyed { origin: Option<String> },
+    NotFound,
+    /// The owner property is not set on the dataset itself to the expected value.
+    NotOwned,
+    /// A zvol: left to `destroy_dataset`, which also waits out udev.
+    NotAFilesystem,
+    /// ZFS refused (busy, snapshots, children): the errno.
+    Refused(i32),
+}
+
+/// A ZFS channel program: destroy a filesystem only if `prop` is set on it, locally, to
+/// `owner`. The check and the destroy happen atomically in one transaction group, so nothing
+/// can change the dataset between them, and it costs one command instead of `zfs get` plus
+/// `zfs destroy`.
+const DESTROY_IF_OWNED: &str = r#"
+local argv = (...)["argv"]
+local ds, prop, owner = argv[1], argv[2], argv[3]
+if not zfs.exists(ds) then return "missing" end
+if zfs.get_prop(ds, "type") ~= "filesystem" then return "not-filesystem" end
+local value, source = zfs.get_prop(ds, prop)
+if value ~= owner or source ~= ds then return "not-owned" end
+local origin = zfs.get_prop(ds, "origin")
+local err = zfs.sync.destroy(ds)
+if err ~= 0 then return "refused " .. err end
+return "destroyed " .. (origin or "")
+"#;
+
+/// The string a channel program returned: `return: '<value>'` in `zfs program`'s output.
+fn channel_program_result(output: &str) -> Option<&str> {
+    let line = output.lines().find_map(|l| l.trim().strip_prefix("return: "))?;
+    line.strip_prefix('\'')?.strip_suffix('\'')
+}
+
+fn parse_owned_destroy(result: &str) -> Option<OwnedDestroy> {
+    Some(match result.split_once(' ').unwrap_or((result, "")) {
+        ("missing", _) => OwnedDestroy::NotFound,
+        ("not-owned", _) => OwnedDestroy::NotOwned,
+        ("not-filesystem", _) => OwnedDestroy::NotAFilesystem,
+        ("refused", errno) => OwnedDestroy::Refused(errno.trim().parse().ok()?),
+        ("destroyed", origin) => OwnedDestroy::Destroyed {
+            origin: Some(origin.trim()).filter(|o| !o.is_empty() && *o != "-").map(str::to_string),
+        },
+        _ => return None,
+    })
+}
+
 #[derive(Clone, Debug)]
 pub struct Zfs {
     runner: ProcessRunner,
@@ -161,6 +211,31 @@ impl Zfs {
         self.zfs(vec!["destroy".into(), name.zfs_name()]).await.map(drop)
     }
 
+    /// Destroys the filesystem `name` if `property` is set on it to `owner` (see
+    /// `DESTROY_IF_OWNED`). The script reaches `zfs program` on standard input as
+    /// `/dev/stdin`, so it needs no file in the host's namespace behind a command prefix.
+    pub async fn destroy_filesystem_if_owned(&self, name: &DatasetName, property: &str, owner: &str) -> Result<OwnedDestroy> {
+        let args: Vec<String> = ["program", name.pool(), "/dev/stdin", name.as_str(), property, owner]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let command = format!("zfs {}", args.join(" "));
+        let finished = self
+            .runner
+            .run_with_input("zfs", &args, Some(DESTROY_IF_OWNED.as_bytes()))
+            .await
+            .map_err(|e| match e {
+                ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
+                ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
+            })?;
+        if !finished.success() {
+            return Err(ZfsError::from_stderr(finished.command, finished.stderr));
+        }
+        channel_program_result(&finished.stdout)
+            .and_then(parse_owned_destroy)
+            .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {:?}", finished.stdout) })
+    }
+
     pub async fn destroy_snapshot(&self, snapshot: &SnapshotName, mode: Destroy) -> Result<()> {
         let mut args = strings(["destroy"]);
         if mode == Destroy::DeferWhileCloned {
@@ -231,5 +306,23 @@ impl Zfs {
         let output = self.run("zpool", &args).await?;
         types::parse_pool_line(output.lines().next().unwrap_or_default())
             .map_err(|reason| ZfsError::Parse { command, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_program_output_is_read() {
+        let out = "Channel program fully executed and produced output:\n    return: 'destroyed vms/s@x'\n";
+        let result = channel_program_result(out).unwrap();
+        assert_eq!(parse_owned_destroy(result), Some(OwnedDestroy::Destroyed { origin: Some("vms/s@x".into()) }));
+        assert_eq!(parse_owned_destroy("destroyed "), Some(OwnedDestroy::Destroyed { origin: None }));
+        assert_eq!(parse_owned_destroy("refused 16"), Some(OwnedDestroy::Refused(16)));
+        assert_eq!(parse_owned_destroy("not-owned"), Some(OwnedDestroy::NotOwned));
+        assert_eq!(parse_owned_destroy("missing"), Some(OwnedDestroy::NotFound));
+        assert_eq!(parse_owned_destroy("something else"), None);
+        assert_eq!(channel_program_result("Channel program fully executed with no return value.\n"), None);
     }
 }
