@@ -87,8 +87,11 @@ fn is_device_bind(entry: &MountEntry, device: &Path) -> bool {
 /// (the controller records fstype `block`), may hold data that no signature announces (an
 /// encrypted disk, a database's raw device); that blkid knows nothing of it does not make it
 /// empty.
+///
+/// A clone is never formatted either: its bytes are its source's, which may be a raw block
+/// volume's data that blkid does not recognise.
 fn may_format(volume: &VolumeInfo) -> bool {
-    volume.managed && volume.fstype.as_deref() != Some("block")
+    volume.managed && volume.fstype.as_deref() != Some("block") && volume.content_source.is_none()
 }
 
 /// Whether the kernel holds a block device read-only (sysfs `ro`, which `blockdev --setro`
@@ -716,6 +719,8 @@ mod tests {
         assert!(!may_format(&zvol(true, Some("block"))));
         assert!(!may_format(&zvol(false, None)));
         assert!(!may_format(&zvol(false, Some("ext4"))));
+        let clone = VolumeInfo { content_source: Some("snapshot:vms/raw@s".into()), ..zvol(true, Some("ext4")) };
+        assert!(!may_format(&clone), "a clone's bytes are its source's");
     }
 
     #[test]

@@ -140,28 +140,15 @@ impl DriverProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().expect("wait for killed driver");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
+/// A test that is over needs no graceful stop (that is `terminate`'s test): SIGKILL, so the
+/// driver does not wait its grace period on this test's still-open connection.
 impl Drop for DriverProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            self.stop();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
