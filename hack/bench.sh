@@ -14,8 +14,6 @@ cp target/release/zfs-csi target/release/zfs-csi-bench "$share/bin/"
 cp hack/vm/bench.sh "$share/run.sh"
 sed -i "1a export BENCH_ITERATIONS=${BENCH_ITERATIONS:-40}" "$share/run.sh"
 echo "== running in the VM"
-exec 9>/tmp/zfs-csi-testvm.lock
-flock 9
 set +e
 bash hack/run-vm.sh "$image" "$share" >/dev/null
 rc=$?

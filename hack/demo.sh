@@ -16,8 +16,6 @@ mkdir -p "$share/bin"
 cp target/release/zfs-csi target/release/zfs-csi-demo "$share/bin/"
 cp hack/vm/demo.sh "$share/run.sh"
 echo "== booting the VM and running the demo"
-exec 9>/tmp/zfs-csi-testvm.lock
-flock 9
 set +e
 bash hack/run-vm.sh "$image" "$share" >/dev/null
 rc=$?

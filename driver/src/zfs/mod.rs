@@ -126,7 +126,11 @@ impl Zfs {
     /// Runs `zfs`/`zpool`: standard output on success, a typed error from standard error
     /// otherwise.
     async fn run(&self, program: &str, args: &[String]) -> Result<String> {
-        let finished = self.runner.run(program, args).await.map_err(|e| match e {
+        self.run_with_input(program, args, None).await
+    }
+
+    async fn run_with_input(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<String> {
+        let finished = self.runner.run_with_input(program, args, input).await.map_err(|e| match e {
             ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
             ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
         })?;
@@ -220,20 +224,10 @@ impl Zfs {
             .map(|s| s.to_string())
             .collect();
         let command = format!("zfs {}", args.join(" "));
-        let finished = self
-            .runner
-            .run_with_input("zfs", &args, Some(DESTROY_IF_OWNED.as_bytes()))
-            .await
-            .map_err(|e| match e {
-                ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
-                ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
-            })?;
-        if !finished.success() {
-            return Err(ZfsError::from_stderr(finished.command, finished.stderr));
-        }
-        channel_program_result(&finished.stdout)
+        let output = self.run_with_input("zfs", &args, Some(DESTROY_IF_OWNED.as_bytes())).await?;
+        channel_program_result(&output)
             .and_then(parse_owned_destroy)
-            .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {:?}", finished.stdout) })
+            .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {output:?}") })
     }
 
     pub async fn destroy_snapshot(&self, snapshot: &SnapshotName, mode: Destroy) -> Result<()> {
