@@ -185,28 +185,38 @@ fn csi_snapshot(snapshot: &SnapshotInfo) -> csi::Snapshot {
     }
 }
 
-/// ListVolumes/ListSnapshots pagination: the token is the index of the next entry. A token
-/// that no longer fits the list is ABORTED, as the spec asks.
-fn paginate<T>(mut items: Vec<T>, max_entries: i32, starting_token: &str) -> Result<(Vec<T>, String), Status> {
+/// ListVolumes/ListSnapshots pagination over a list sorted by name. The token names the last
+/// entry returned (`after:<name>`), so volumes created or deleted between two pages neither
+/// repeat nor skip entries. A token that is not one of ours is ABORTED, as the spec asks.
+fn paginate<T>(items: Vec<T>, max_entries: i32, starting_token: &str, name: impl Fn(&T) -> &str) -> Result<(Vec<T>, String), Status> {
     if max_entries < 0 {
         return Err(Status::invalid_argument("max_entries must not be negative"));
     }
-    let start = if starting_token.is_empty() {
-        0
-    } else {
-        match starting_token.parse::<usize>() {
-            Ok(n) if n <= items.len() => n,
+    let after = match starting_token {
+        "" => None,
+        token => match token.strip_prefix(TOKEN_PREFIX) {
+            Some(last) if !last.is_empty() => Some(last.to_string()),
             _ => {
                 return Err(Status::aborted(format!(
-                    "starting_token {starting_token:?} does not fit the current list; list again from the start"
+                    "starting_token {starting_token:?} is not a token this driver gave; list again from the start"
                 )))
             }
-        }
+        },
     };
-    let end = if max_entries == 0 { items.len() } else { (start + max_entries as usize).min(items.len()) };
-    let next = if end < items.len() { end.to_string() } else { String::new() };
-    Ok((items.drain(start..end).collect(), next))
+    let mut remaining = items.into_iter().filter(|item| after.as_deref().is_none_or(|last| name(item) > last));
+    let page: Vec<T> = if max_entries == 0 {
+        remaining.by_ref().collect()
+    } else {
+        remaining.by_ref().take(max_entries as usize).collect()
+    };
+    let next = match (remaining.next(), page.last()) {
+        (Some(_), Some(last)) => format!("{TOKEN_PREFIX}{}", name(last)),
+        _ => String::new(),
+    };
+    Ok((page, next))
 }
+
+const TOKEN_PREFIX: &str = "after:";
 
 type BoxedResult<'a> = Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>>;
 
@@ -852,7 +862,7 @@ impl Controller for ControllerService {
             .filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name))
             .filter(|v| v.managed && !v.deleted && self.driver.is_within_parents(&v.name))
             .collect();
-        let (page, next_token) = paginate(volumes, req.max_entries, &req.starting_token)?;
+        let (page, next_token) = paginate(volumes, req.max_entries, &req.starting_token, |v| v.name.as_str())?;
         let mut conditions: HashMap<String, csi::VolumeCondition> = HashMap::new();
         let mut entries = Vec::with_capacity(page.len());
         for volume in page {
@@ -1069,7 +1079,7 @@ impl Controller for ControllerService {
             .filter(|s| req.source_volume_id.is_empty() || s.name.starts_with(&format!("{}@", req.source_volume_id)))
             .collect();
         snapshots.sort_by(|a, b| a.name.cmp(&b.name));
-        let (page, next_token) = paginate(snapshots, req.max_entries, &req.starting_token)?;
+        let (page, next_token) = paginate(snapshots, req.max_entries, &req.starting_token, |s| s.name.as_str())?;
         Ok(Response::new(csi::ListSnapshotsResponse {
             entries: page
                 .iter()
@@ -1160,17 +1170,24 @@ mod tests {
     }
 
     #[test]
-    fn pagination_walks_the_list_and_rejects_stale_tokens() {
-        let items: Vec<u32> = (0..5).collect();
-        let (page, next) = paginate(items.clone(), 2, "").unwrap();
-        assert_eq!((page, next.as_str()), (vec![0, 1], "2"));
-        let (page, next) = paginate(items.clone(), 2, "4").unwrap();
-        assert_eq!((page, next.as_str()), (vec![4], ""));
-        let (page, next) = paginate(items.clone(), 0, "").unwrap();
-        assert_eq!((page.len(), next.as_str()), (5, ""));
-        assert_eq!(paginate(items.clone(), 2, "6").unwrap_err().code(), tonic::Code::Aborted);
-        assert_eq!(paginate(items.clone(), 2, "x").unwrap_err().code(), tonic::Code::Aborted);
-        assert_eq!(paginate(items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    fn pagination_walks_the_list_and_rejects_foreign_tokens() {
+        let items: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        let name = |s: &String| s.as_str().to_owned();
+        let page = |items: Vec<String>, max, token: &str| {
+            paginate(items, max, token, |s| s.as_str()).map(|(p, next)| (p.iter().map(name).collect::<Vec<_>>(), next))
+        };
+        assert_eq!(page(items.clone(), 2, "").unwrap(), (vec!["a".into(), "b".into()], "after:b".into()));
+        assert_eq!(page(items.clone(), 2, "after:d").unwrap(), (vec!["e".into()], String::new()));
+        assert_eq!(page(items.clone(), 0, "").unwrap().0.len(), 5);
+        assert_eq!(page(items.clone(), 2, "after:e").unwrap(), (vec![], String::new()));
+        // An entry created before the token's position does not shift the next page.
+        let mut grown = items.clone();
+        grown.insert(0, "0".into());
+        assert_eq!(page(grown, 2, "after:b").unwrap().0, ["c", "d"]);
+        for bad in ["3", "bogus", "after:"] {
+            assert_eq!(page(items.clone(), 2, bad).unwrap_err().code(), tonic::Code::Aborted, "{bad}");
+        }
+        assert_eq!(page(items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

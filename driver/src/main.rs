@@ -49,7 +49,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(zfs_csi::server::serve(config, zfs_csi::server::shutdown_signal())) {
+    let served = runtime.block_on(async {
+        let shutdown = zfs_csi::server::shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        zfs_csi::server::serve(config, shutdown).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, in the configured log format.

@@ -23,20 +23,19 @@ use crate::driver::Driver;
 use crate::identity::IdentityService;
 use crate::node::NodeService;
 
-/// Resolves on SIGTERM (kubelet stopping the pod) or SIGINT.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            std::future::pending::<()>().await;
-            return;
+/// A future that resolves on SIGTERM (kubelet stopping the pod) or SIGINT. The handlers are
+/// installed now, before the socket exists: a signal that arrives as soon as a client can
+/// connect must stop the driver gracefully, not kill it. Call it inside the runtime.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    })
 }
 
 /// How long in-flight RPCs get to finish after SIGTERM before the driver exits anyway. Below
