@@ -448,20 +448,23 @@ fn statvfs_usage(path: &Path) -> Result<Vec<csi::VolumeUsage>, Status> {
     let blocks = stat.blocks() as u64;
     let files = stat.files() as u64;
     use csi::volume_usage::Unit;
-    Ok(vec![
-        csi::VolumeUsage {
-            total: (blocks * fragment) as i64,
-            available: (stat.blocks_available() as u64 * fragment) as i64,
-            used: (blocks.saturating_sub(stat.blocks_free() as u64) * fragment) as i64,
-            unit: Unit::Bytes as i32,
-        },
-        csi::VolumeUsage {
+    let mut usage = vec![csi::VolumeUsage {
+        total: (blocks * fragment) as i64,
+        available: (stat.blocks_available() as u64 * fragment) as i64,
+        used: (blocks.saturating_sub(stat.blocks_free() as u64) * fragment) as i64,
+        unit: Unit::Bytes as i32,
+    }];
+    // btrfs allocates inodes dynamically and reports a count of 0: say nothing rather than
+    // "0 of 0 inodes free", which kubelet would read as an exhausted volume.
+    if files > 0 {
+        usage.push(csi::VolumeUsage {
             total: files as i64,
             available: stat.files_available() as i64,
             used: files.saturating_sub(stat.files_free() as u64) as i64,
             unit: Unit::Inodes as i32,
-        },
-    ])
+        });
+    }
+    Ok(usage)
 }
 
 #[tonic::async_trait]
