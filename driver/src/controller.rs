@@ -522,8 +522,8 @@ impl ControllerService {
     }
 
     /// Clones `origin` as `request.name` (taking the driver's snapshot of a volume source
-    /// first), then grows the clone to the requested size.
-    async fn create_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, props: &Properties) -> Result<(), Status> {
+    /// first), then grows the clone to the requested size; returns the clone.
+    async fn create_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, props: &Properties) -> Result<VolumeInfo, Status> {
         let zfs = &self.driver.zfs;
         if request.capacity < origin.capacity {
             return Err(Status::out_of_range(format!(
@@ -542,13 +542,15 @@ impl ControllerService {
         zfs.clone_snapshot(&origin.snapshot, &request.name, props).await.map_err(|e| {
             zfs_status(&format!("cloning {} into volume {}", origin.snapshot, request.name), e)
         })?;
-        let created = self.driver.volume(&request.name).await?.ok_or_else(|| {
+        let mut created = self.driver.volume(&request.name).await?.ok_or_else(|| {
             Status::internal(format!("clone {} is missing right after its creation", request.name))
         })?;
         if created.capacity < request.capacity {
             self.resize(&created, request.capacity, &request.params).await?;
+            // resize sets volsize or the quota to exactly this.
+            created.capacity = request.capacity;
         }
-        Ok(())
+        Ok(created)
     }
 
     fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, kind: VolumeKind) -> Result<(), Status> {
@@ -628,11 +630,9 @@ impl ControllerService {
         if !self.driver.is_within_parents(origin.dataset()) {
             return Ok(());
         }
-        let zfs = &self.driver.zfs;
-        if let Ok(Some(snapshot)) = zfs.find(&origin, SNAPSHOT_PROPERTIES).await {
-            let snapshot = SnapshotInfo::from_dataset(&snapshot, &self.driver.name);
+        if let Ok(Some(snapshot)) = self.snapshot_info(&origin).await {
             if snapshot.managed && snapshot.internal && snapshot.clones.is_empty() {
-                if let Err(e) = zfs.destroy_snapshot(&origin, Destroy::DeferWhileCloned).await {
+                if let Err(e) = self.driver.zfs.destroy_snapshot(&origin, Destroy::DeferWhileCloned).await {
                     tracing::warn!(snapshot = %origin, "cannot destroy internal snapshot: {e}");
                 }
             }
@@ -716,25 +716,25 @@ impl Controller for ControllerService {
         let props = self.creation_properties(&request).await?;
         let zfs = &self.driver.zfs;
         let what = format!("creating volume {}", request.name);
+        // A plain volume is answered from the request (everything in it was set by
+        // `zfs create -o`); a clone as read back after cloning.
         let created = match (&origin, request.kind) {
             (Some(origin), _) => self.create_clone(&request, origin, &props).await,
-            (None, VolumeKind::Filesystem) => {
-                zfs.create_filesystem(&request.name, &props).await.map_err(|e| zfs_status(&what, e))
-            }
+            (None, VolumeKind::Filesystem) => zfs
+                .create_filesystem(&request.name, &props)
+                .await
+                .map(|()| request.created_volume())
+                .map_err(|e| zfs_status(&what, e)),
             (None, VolumeKind::Zvol) => zfs
                 .create_volume(&request.name, request.capacity, request.params.thin, &props)
                 .await
+                .map(|()| request.created_volume())
                 .map_err(|e| zfs_status(&what, e)),
         };
         let volume = match created {
-            Ok(()) => {
+            Ok(volume) => {
                 tracing::info!(volume = %request.name, kind = request.kind.as_str(), capacity = request.capacity, "created");
-                match origin {
-                    None => request.created_volume(),
-                    Some(_) => self.driver.volume(&request.name).await?.ok_or_else(|| {
-                        Status::internal(format!("volume {} is missing right after its creation", request.name))
-                    })?,
-                }
+                volume
             }
             Err(status) if status.code() == tonic::Code::AlreadyExists => self.existing_volume(&request).await?,
             Err(status) if status.code() == tonic::Code::NotFound && request.source.is_none() => {
