@@ -1,12 +1,16 @@
 #!/bin/bash
 # The one test command: host unit tests, deploy manifest checks, then the integration and
-# conformance suite against real OpenZFS inside the test VM (built and cached on first use).
-# Env: ZFS_SUITE=bookworm runs the VM suite on OpenZFS 2.1 instead of 2.3;
+# conformance suite against real OpenZFS inside the test VM (built and cached on first use),
+# once per guest kernel.
+# Env: KERNELS="bookworm bookworm-backports" (default: both; bookworm = 6.1, backports = 6.12+);
+#      ZFS_SUITE=bookworm runs the VM suite on OpenZFS 2.1 instead of 2.3;
 #      TEST_FILTER=name runs only the VM tests whose names contain it;
 #      VM_ONLY=1 skips the host unit tests and deploy checks.
+# A failed VM run keeps its console and test logs in target/vm-logs/<kernel>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+bash hack/check-prereqs.sh
 
 if [ -z "${VM_ONLY:-}" ]; then
 echo "== host: unit tests (tests that need real ZFS are #[ignore]d here; they run in the VM below)"
@@ -15,7 +19,6 @@ cargo test --workspace --quiet
 
 if [ -x hack/validate-deploy.sh ]; then
   echo "== deploy: manifests against the Kubernetes schemas, flags against the binary"
-  cargo build --quiet -p zfs-csi
   ZFS_CSI_BIN=target/debug/zfs-csi bash hack/validate-deploy.sh
 fi
 fi
@@ -38,12 +41,27 @@ echo "   test binaries: $(ls "$share/tests" | tr '\n' ' ')"
 cp hack/vm/run-tests.sh "$share/run.sh"
 [ -z "${TEST_FILTER:-}" ] || sed -i "1a export TEST_FILTER='$TEST_FILTER'" "$share/run.sh"
 
-echo "== VM: real OpenZFS (${ZFS_SUITE:-bookworm-backports})"
-image=$(bash hack/testvm-image.sh)
-set +e
-bash hack/run-vm.sh "$image" "$share"
-rc=$?
-set -e
-cat "$share/out/run.log" 2>/dev/null
-echo "== VM suite exit code: $rc"
-exit $rc
+status=0
+summary=()
+for kernel in ${KERNELS:-bookworm bookworm-backports}; do
+  echo "== VM: real OpenZFS (${ZFS_SUITE:-bookworm-backports}), guest kernel from $kernel"
+  image=$(KERNEL_SUITE=$kernel bash hack/testvm-image.sh)
+  rm -rf "$share/out" "$share/console.log"
+  set +e
+  bash hack/run-vm.sh "$image" "$share"
+  rc=$?
+  set -e
+  cat "$share/out/run.log" 2>/dev/null
+  echo "== VM suite on $kernel: exit code $rc"
+  summary+=("kernel $kernel ($(cat "$image/kernel-version" 2>/dev/null)): exit code $rc")
+  if [ "$rc" != 0 ]; then
+    status=1
+    keep=target/vm-logs/$kernel
+    rm -rf "$keep"; mkdir -p "$keep"
+    cp -r "$share/out/." "$share/console.log" "$keep/" 2>/dev/null || true
+    echo "   logs kept in $keep"
+  fi
+done
+echo "== summary"
+printf '   %s\n' "${summary[@]}"
+exit $status

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs inside the test VM (copied to the share as run.sh): creates the pools ai, vms and tank
 # with compression=lz4 at their roots, as on the user's machine, then runs every test binary
-# in bin/ with --ignored (the tests that need real ZFS).
+# in tests/ with --ignored (the tests that need real ZFS), and ends with the list of what
+# failed.
 set -uo pipefail
 cd /mnt/share
 export ZFS_CSI_BIN=/mnt/share/bin/zfs-csi PATH=/mnt/share/bin:$PATH
@@ -11,12 +12,22 @@ for pool in ai:vdb vms:vdc tank:vdd; do
 done
 zfs list -o name,compression,avail
 failed=0
+failures=()
 for t in tests/*; do
   name=$(basename "$t")
   # untouched compares the whole machine's `zfs list` before and after: it runs alone.
   threads=2; [ "$name" = untouched ] && threads=1
   echo "=== $name"
-  "$t" --ignored --test-threads="$threads" ${TEST_FILTER:-} || failed=1
+  "$t" --ignored --test-threads="$threads" ${TEST_FILTER:-} 2>&1 | tee /tmp/test-output
+  [ "${PIPESTATUS[0]}" = 0 ] || failed=1
+  while read -r test; do failures+=("$name: $test"); done < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' /tmp/test-output)
 done
 zpool list
+if [ "$failed" != 0 ]; then
+  echo "=== FAILED on $(uname -r):"
+  printf '    %s\n' "${failures[@]:-(a test binary failed outside any test)}"
+  dmesg | tail -40 > out/dmesg-tail.txt
+else
+  echo "=== all VM tests passed on $(uname -r)"
+fi
 exit $failed

@@ -59,7 +59,7 @@ impl DriverProcess {
         let mut args = vec![
             format!("--endpoint=unix://{}", socket.display()),
             format!("--node-id={NODE_ID}"),
-            "--log-level=debug".to_string(),
+            "--log-level=info".to_string(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let child = Command::new(driver_binary())
