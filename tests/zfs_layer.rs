@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use zfs_csi::process::ProcessRunner;
 use zfs_csi::zfs::{DatasetName, DatasetType, Depth, Destroy, PropertySource, SnapshotName, Zfs, ZfsError};
-use zfs_csi_tests::{dataset_exists, unique, wait_for_zvol_link, zfs_get};
+use zfs_csi_tests::{dataset_exists, unique, wait_for_zvol_link, zfs as cli, zfs_get};
 
 const POOLS: [&str; 3] = ["ai", "vms", "tank"];
 
@@ -50,8 +50,8 @@ async fn filesystems_and_zvols_are_created_with_properties_and_inherit_compressi
         assert_eq!(zfs_get(zvol.as_str(), "compression"), ("lz4".into(), format!("inherited from {pool}")));
         wait_for_zvol_link(zvol.as_str());
 
-        zfs.destroy_dataset(&zvol).await.unwrap();
-        zfs.destroy_dataset(&fs).await.unwrap();
+        zfs_cli_destroy(zvol.as_str());
+        zfs_cli_destroy(fs.as_str());
         assert!(!dataset_exists(fs.as_str()) && !dataset_exists(zvol.as_str()));
     }
 }
@@ -110,9 +110,9 @@ async fn snapshots_clones_properties_and_deferred_destroy() {
         zfs.destroy_snapshot(&snap, Destroy::DeferWhileCloned).await.unwrap();
         let got = zfs.get_one(&snap, &["defer_destroy"]).await.unwrap();
         assert_eq!(got.get("defer_destroy"), Some("on"));
-        zfs.destroy_dataset(&clone).await.unwrap();
+        zfs_cli_destroy(clone.as_str());
         assert!(!dataset_exists(&snap.to_string()), "deferred snapshot outlived its last clone");
-        zfs.destroy_dataset(&origin).await.unwrap();
+        zfs_cli_destroy(origin.as_str());
     }
 }
 
@@ -136,8 +136,6 @@ async fn real_error_messages_become_typed_errors() {
     let missing = DatasetName::parse("vms/does-not-exist").unwrap();
     let e = zfs.get_one(&missing, &["type"]).await.unwrap_err();
     assert!(matches!(e, ZfsError::NotFound(_)), "{e:?}");
-    let e = zfs.destroy_dataset(&missing).await.unwrap_err();
-    assert!(matches!(e, ZfsError::NotFound(_)), "{e:?}");
     let e = zfs.destroy_snapshot(&SnapshotName::parse("vms/does-not-exist@s").unwrap(), Destroy::Now).await;
     // Destroying a missing snapshot succeeds or reports not found, depending on the release.
     assert!(matches!(e, Ok(()) | Err(ZfsError::NotFound(_))), "{e:?}");
@@ -149,8 +147,6 @@ async fn real_error_messages_become_typed_errors() {
 
     let snap = fs.snapshot("s").unwrap();
     zfs.snapshot(&snap, &Vec::new()).await.unwrap();
-    let e = zfs.destroy_dataset(&fs).await.unwrap_err();
-    assert!(matches!(e, ZfsError::HasDependents(_)), "dataset with a snapshot: {e:?}");
     let clone = name("vms", "layer-errors-clone");
     zfs.clone_snapshot(&snap, &clone, &Vec::new()).await.unwrap();
     let e = zfs.destroy_snapshot(&snap, Destroy::Now).await.unwrap_err();
@@ -164,19 +160,10 @@ async fn real_error_messages_become_typed_errors() {
     let e = zfs.create_volume(&name("vms", "layer-bad"), 1 << 20, true, &props(&[("volblocksize", "3000")])).await.unwrap_err();
     assert!(matches!(e, ZfsError::Invalid(_)), "volblocksize not a power of two: {e:?}");
 
-    // Busy: a zvol whose device is held open cannot be destroyed.
-    let zvol = name("vms", "layer-busy");
-    zfs.create_volume(&zvol, 8 << 20, true, &Vec::new()).await.unwrap();
-    let device = wait_for_zvol_link(zvol.as_str());
-    let held = std::fs::File::open(&device).unwrap();
-    let e = zfs.destroy_dataset(&zvol).await.unwrap_err();
-    assert!(matches!(e, ZfsError::Busy(_)), "open zvol: {e:?}");
-    drop(held);
-    zfs.destroy_dataset(&zvol).await.unwrap();
 
-    zfs.destroy_dataset(&clone).await.unwrap();
+    zfs_cli_destroy(clone.as_str());
     zfs.destroy_snapshot(&snap, Destroy::Now).await.unwrap();
-    zfs.destroy_dataset(&fs).await.unwrap();
+    zfs_cli_destroy(fs.as_str());
 }
 
 #[tokio::test]
@@ -207,50 +194,100 @@ fn live_process_with(marker: &str) -> bool {
 
 #[tokio::test]
 #[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
-async fn destroy_if_owned_destroys_only_what_carries_the_marker_itself() {
-    use zfs_csi::zfs::OwnedDestroy;
+async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothing_in_use() {
+    use zfs_csi::zfs::OwnedDelete;
     let zfs = layer();
     let marker = "zfs-csi.io:managed-by";
+    let mark = "zfs-csi.io:deleted";
     let ours = props(&[("mountpoint", "legacy"), (marker, "zfs-csi.io")]);
+    let delete = |d: &DatasetName, owner: &'static str| {
+        let (zfs, d) = (zfs.clone(), d.clone());
+        async move { zfs.delete_if_owned(&d, marker, owner, mark).await.unwrap() }
+    };
 
     let owned = name("ai", "owned");
     zfs.create_filesystem(&owned, &ours).await.unwrap();
-    assert_eq!(zfs.destroy_filesystem_if_owned(&owned, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::Destroyed { origin: None });
+    assert_eq!(delete(&owned, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: None });
     assert!(!dataset_exists(owned.as_str()));
-    assert_eq!(zfs.destroy_filesystem_if_owned(&owned, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::NotFound);
+    assert_eq!(delete(&owned, "zfs-csi.io").await, OwnedDelete::NotFound);
 
-    // Someone else's, another driver's, and one that only inherits our marker.
+    // Someone else's, another driver's, one that only inherits our marker, and a replica
+    // received with `zfs send -p | zfs recv`, whose marker is a received value, not ours.
     let foreign = name("ai", "foreign");
     zfs.create_filesystem(&foreign, &Vec::new()).await.unwrap();
     let parent = name("ai", "marked-parent");
     zfs.create_filesystem(&parent, &ours).await.unwrap();
     let child = parent.child("child").unwrap();
     zfs.create_filesystem(&child, &Vec::new()).await.unwrap();
-    for (dataset, owner) in [(&foreign, "zfs-csi.io"), (&parent, "other.driver"), (&child, "zfs-csi.io")] {
-        assert_eq!(zfs.destroy_filesystem_if_owned(dataset, marker, owner).await.unwrap(), OwnedDestroy::NotOwned);
+    let sent = name("ai", "sent");
+    zfs.create_filesystem(&sent, &ours).await.unwrap();
+    cli(&["snapshot", &format!("{sent}@r")]);
+    let received = name("ai", "received");
+    let send = std::process::Command::new("zfs").args(["send", "-p", &format!("{sent}@r")]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let status = std::process::Command::new("zfs").args(["recv", "-u", received.as_str()]).stdin(send.stdout.unwrap()).status().unwrap();
+    assert!(status.success(), "zfs send -p | zfs recv");
+    assert_eq!(zfs_get(received.as_str(), marker), ("zfs-csi.io".into(), "received".into()));
+    cli(&["destroy", &format!("{received}@r")]);
+    for (dataset, owner) in [(&foreign, "zfs-csi.io"), (&parent, "other.driver"), (&child, "zfs-csi.io"), (&received, "zfs-csi.io")] {
+        assert_eq!(delete(dataset, owner).await, OwnedDelete::NotOwned, "{dataset}");
         assert!(dataset_exists(dataset.as_str()));
     }
 
-    // Dependents and zvols are refused, untouched.
+    // Dependents: marked in the same step, untouched otherwise.
     let with_snapshot = name("ai", "with-snap");
     zfs.create_filesystem(&with_snapshot, &ours).await.unwrap();
     let snap = with_snapshot.snapshot("s").unwrap();
     zfs.snapshot(&snap, &Vec::new()).await.unwrap();
-    assert!(matches!(zfs.destroy_filesystem_if_owned(&with_snapshot, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::Refused(_)));
+    assert_eq!(delete(&with_snapshot, "zfs-csi.io").await, OwnedDelete::Marked);
+    assert_eq!(zfs_get(with_snapshot.as_str(), mark), ("true".into(), "local".into()));
+    assert!(dataset_exists(&snap.to_string()));
+
+    // In use: a mounted filesystem and an open zvol are refused (EBUSY), never unmounted.
+    let mounted = name("ai", "mounted");
+    zfs.create_filesystem(&mounted, &ours).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    zfs_csi::mount::mount_filesystem(mounted.as_str(), dir.path(), "zfs", &[], false).unwrap();
+    std::fs::write(dir.path().join("f"), b"kept").unwrap();
+    assert_eq!(delete(&mounted, "zfs-csi.io").await, OwnedDelete::Refused(16));
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"kept", "the mount and its data are untouched");
+    nix::mount::umount(dir.path()).unwrap();
+    assert_eq!(delete(&mounted, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: None });
+
     let zvol = name("ai", "zvol");
     zfs.create_volume(&zvol, 1 << 20, true, &props(&[(marker, "zfs-csi.io")])).await.unwrap();
-    assert_eq!(zfs.destroy_filesystem_if_owned(&zvol, marker, "zfs-csi.io").await.unwrap(), OwnedDestroy::NotAFilesystem);
+    let device = wait_for_zvol_link(zvol.as_str());
+    let held = std::fs::File::open(&device).unwrap();
+    assert_eq!(delete(&zvol, "zfs-csi.io").await, OwnedDelete::Refused(16), "an open zvol");
+    drop(held);
+    let mut outcome = delete(&zvol, "zfs-csi.io").await;
+    for _ in 0..20 {
+        // udev may still be probing the device it just saw closed
+        if outcome != OwnedDelete::Refused(16) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        outcome = delete(&zvol, "zfs-csi.io").await;
+    }
+    assert_eq!(outcome, OwnedDelete::Destroyed { origin: None });
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !device.exists()
+    });
+    assert!(gone, "the destroyed zvol's device link went away");
 
     // A clone reports its origin, so the driver can reap what it came from.
     let clone = name("ai", "clone");
     zfs.clone_snapshot(&snap, &clone, &ours).await.unwrap();
-    assert_eq!(
-        zfs.destroy_filesystem_if_owned(&clone, marker, "zfs-csi.io").await.unwrap(),
-        OwnedDestroy::Destroyed { origin: Some(snap.to_string()) }
-    );
-    for d in [&zvol, &child, &parent, &foreign] {
-        zfs.destroy_dataset(d).await.unwrap();
+    assert_eq!(delete(&clone, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: Some(snap.to_string()) });
+    for d in [&child, &parent, &foreign, &received, &sent] {
+        cli(&["destroy", "-r", d.as_str()]);
     }
     zfs.destroy_snapshot(&snap, Destroy::Now).await.unwrap();
-    zfs.destroy_dataset(&with_snapshot).await.unwrap();
+    cli(&["destroy", with_snapshot.as_str()]);
+}
+
+/// Destroys a dataset with the real `zfs destroy`, as a test's cleanup (the driver itself never
+/// hands a volume to the CLI, which unmounts before destroying).
+fn zfs_cli_destroy(name: &str) {
+    cli(&["destroy", name]);
 }

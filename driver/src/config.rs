@@ -43,6 +43,12 @@ pub struct Config {
     #[arg(long, env = "ZFS_CSI_COMMAND_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub command_timeout: u64,
 
+    /// The kubelet's root directory. Staging and target paths must lie below it (after
+    /// resolving symlinks); the node service mounts nothing anywhere else. k0s uses
+    /// /var/lib/k0s/kubelet.
+    #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet", value_parser = parse_absolute_dir)]
+    pub kubelet_dir: PathBuf,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -129,6 +135,14 @@ fn parse_driver_name(s: &str) -> Result<String, String> {
     Ok(s.to_ascii_lowercase())
 }
 
+fn parse_absolute_dir(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if !path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!("{s:?}: an absolute directory without '..' is needed"));
+    }
+    Ok(path)
+}
+
 fn parse_parent(s: &str) -> Result<DatasetName, String> {
     DatasetName::parse(s.trim()).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -157,6 +171,7 @@ mod tests {
         let parents: Vec<&str> = c.parents.iter().map(|p| p.as_str()).collect();
         assert_eq!(parents, ["ai", "vms", "tank"]);
         assert!(c.command_prefix_words().is_empty());
+        assert_eq!(c.kubelet_dir, PathBuf::from("/var/lib/kubelet"));
     }
 
     #[test]
@@ -181,5 +196,6 @@ mod tests {
         assert!(parse(&["--node-id", "n", "--parents", "vms/../tank"]).is_err());
         assert!(parse(&["--node-id", "n", "--parents", "vms", "--driver-name", "-bad"]).is_err());
         assert!(parse(&["--node-id", "", "--parents", "vms"]).is_err());
+        assert!(parse(&["--node-id", "n", "--parents", "vms", "--kubelet-dir", "var/lib/kubelet"]).is_err());
     }
 }

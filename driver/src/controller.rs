@@ -5,8 +5,6 @@
 //! (`state.rs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -17,7 +15,9 @@ use crate::driver::Driver;
 use crate::errors::{missing, zfs_status};
 use crate::params::{FsType, QuotaType, VolumeParams};
 use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
-use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, OwnedDestroy, Properties, SnapshotName, ZfsError};
+use crate::locks::LockKey;
+use crate::reaper::{Deleted, Reaper};
+use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, Properties, SnapshotName, ZfsError};
 
 /// Capacity of a volume when the request gives none.
 const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -27,11 +27,12 @@ const DEFAULT_ZVOL_GRANULE: u64 = 16 << 10;
 
 pub struct ControllerService {
     driver: Arc<Driver>,
+    reaper: Reaper,
 }
 
 impl ControllerService {
-    pub fn new(driver: Arc<Driver>) -> Self {
-        Self { driver }
+    pub fn new(driver: Arc<Driver>, reaper: Reaper) -> Self {
+        Self { driver, reaper }
     }
 }
 
@@ -218,7 +219,6 @@ fn paginate<T>(items: Vec<T>, max_entries: i32, starting_token: &str, name: impl
 
 const TOKEN_PREFIX: &str = "after:";
 
-type BoxedResult<'a> = Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>>;
 
 impl ControllerService {
     fn default_parent(&self) -> &DatasetName {
@@ -571,83 +571,6 @@ impl ControllerService {
         Ok(())
     }
 
-    /// Destroys a volume the driver created, or, while snapshots or clones depend on it, marks
-    /// it deleted so it is destroyed with its last dependent. Then reaps what it depended on.
-    fn destroy_volume<'a>(&'a self, volume: &'a VolumeInfo) -> BoxedResult<'a> {
-        Box::pin(async move {
-            let zfs = &self.driver.zfs;
-            let what = format!("deleting volume {}", volume.name);
-            let mut result = zfs.destroy_dataset(&volume.name).await;
-            if matches!(result, Err(ZfsError::HasDependents(_))) && self.reap_internal_snapshots(&volume.name).await? {
-                result = zfs.destroy_dataset(&volume.name).await;
-            }
-            match result {
-                Ok(()) | Err(ZfsError::NotFound(_)) => {
-                    tracing::info!(volume = %volume.name, "destroyed");
-                    self.reap_origin(volume.origin.as_deref()).await
-                }
-                Err(ZfsError::HasDependents(_)) => {
-                    let mark = vec![(prop::DELETED.to_string(), "true".to_string())];
-                    zfs.set(&volume.name, &mark).await.map_err(|e| zfs_status(&what, e))?;
-                    tracing::info!(volume = %volume.name,
-                        "snapshots or clones depend on it: hidden now, destroyed with its last dependent");
-                    Ok(())
-                }
-                Err(e) => Err(zfs_status(&what, e)),
-            }
-        })
-    }
-
-    /// Destroys the driver's internal clone snapshots of `name` that no clone uses any more
-    /// (left by an interrupted CreateVolume). True when any went.
-    async fn reap_internal_snapshots(&self, name: &DatasetName) -> Result<bool, Status> {
-        let snapshots = self
-            .driver
-            .zfs
-            .get(name, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot])
-            .await
-            .map_err(|e| zfs_status(&format!("listing the snapshots of {name}"), e))?;
-        let mut reaped = false;
-        for snapshot in snapshots.iter().map(|d| SnapshotInfo::from_dataset(d, &self.driver.name)) {
-            if snapshot.managed && snapshot.internal && snapshot.clones.is_empty() {
-                if let Ok(snap) = SnapshotName::parse(&snapshot.name) {
-                    match self.driver.zfs.destroy_snapshot(&snap, Destroy::DeferWhileCloned).await {
-                        Ok(()) | Err(ZfsError::NotFound(_)) => reaped = true,
-                        Err(e) => tracing::warn!(snapshot = %snap, "cannot reap internal snapshot: {e}"),
-                    }
-                }
-            }
-        }
-        Ok(reaped)
-    }
-
-    /// After a clone went: its internal origin snapshot goes too, and the origin's volume if
-    /// it was deleted and this was its last dependent.
-    async fn reap_origin(&self, origin: Option<&str>) -> Result<(), Status> {
-        let Some(origin) = origin.and_then(|o| SnapshotName::parse(o).ok()) else {
-            return Ok(());
-        };
-        if !self.driver.is_within_parents(origin.dataset()) {
-            return Ok(());
-        }
-        if let Ok(Some(snapshot)) = self.snapshot_info(&origin).await {
-            if snapshot.managed && snapshot.internal && snapshot.clones.is_empty() {
-                if let Err(e) = self.driver.zfs.destroy_snapshot(&origin, Destroy::DeferWhileCloned).await {
-                    tracing::warn!(snapshot = %origin, "cannot destroy internal snapshot: {e}");
-                }
-            }
-        }
-        self.reap_deleted_volume(origin.dataset()).await
-    }
-
-    /// Destroys `name` if the driver marked it deleted and nothing depends on it any more.
-    async fn reap_deleted_volume(&self, name: &DatasetName) -> Result<(), Status> {
-        match self.driver.volume(name).await? {
-            Some(volume) if volume.managed && volume.deleted => self.destroy_volume(&volume).await,
-            _ => Ok(()),
-        }
-    }
-
     async fn snapshot_info(&self, name: &SnapshotName) -> Result<Option<SnapshotInfo>, Status> {
         Ok(self
             .driver
@@ -703,7 +626,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
         let mut request = self.volume_request(&req)?;
-        let _lock = self.driver.lock(request.name.as_str())?;
+        let _lock = self.driver.lock(LockKey::Volume(request.name.to_string()))?;
         let origin = match &request.source {
             Some(source) => {
                 let origin = self.resolve_source(&request, source).await?;
@@ -760,27 +683,15 @@ impl Controller for ControllerService {
             tracing::info!(volume = %req.volume_id, "not below a configured parent: nothing of ours to delete");
             return Ok(Response::new(csi::DeleteVolumeResponse {}));
         };
-        let _lock = self.driver.lock(name.as_str())?;
-        // The common case, a filesystem of ours with nothing depending on it, in one atomic
-        // command; everything else (zvols, dependents, busy, foreign) takes the path below.
-        match self.driver.zfs.destroy_filesystem_if_owned(&name, prop::MANAGED_BY, &self.driver.name).await {
-            Ok(OwnedDestroy::Destroyed { origin }) => {
-                tracing::info!(volume = %name, "destroyed");
-                self.reap_origin(origin.as_deref()).await?;
-                return Ok(Response::new(csi::DeleteVolumeResponse {}));
-            }
-            Ok(OwnedDestroy::NotFound) => {
+        let _lock = self.driver.lock(LockKey::Volume(name.to_string()))?;
+        match self.reaper.delete_volume(&name).await? {
+            Deleted::AlreadyGone => {
+                // A retry after a crash or a cancelled call: what the first attempt left
+                // half-done (the origin of a destroyed clone) is found by a reaper pass.
                 tracing::info!(volume = %name, "already gone");
-                return Ok(Response::new(csi::DeleteVolumeResponse {}));
+                self.reaper.pass().await;
             }
-            Ok(other) => tracing::debug!(volume = %name, outcome = ?other, "not destroyed in one step"),
-            Err(e) => tracing::warn!(volume = %name, "the destroy channel program failed, checking step by step: {e}"),
-        }
-        match self.driver.volume(&name).await? {
-            None => tracing::info!(volume = %name, "already gone"),
-            Some(volume) if !volume.managed => tracing::info!(volume = %name,
-                "not created by this driver (imported or the operator's): left in place with its data"),
-            Some(volume) => self.destroy_volume(&volume).await?,
+            Deleted::Destroyed | Deleted::Deferred | Deleted::NotOurs => {}
         }
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
@@ -967,7 +878,7 @@ impl Controller for ControllerService {
         let snapshot = source
             .snapshot(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
-        let _lock = self.driver.lock(&format!("snapshot {}", req.name))?;
+        let _lock = self.driver.lock(LockKey::Snapshot(req.name.clone()))?;
         for existing in self.snapshots_named(&req.name).await? {
             if existing != snapshot.to_string() {
                 return Err(Status::already_exists(format!(
@@ -1012,7 +923,7 @@ impl Controller for ControllerService {
         let Some(snapshot) = self.driver.snapshot_name(&req.snapshot_id)? else {
             return Ok(Response::new(csi::DeleteSnapshotResponse {}));
         };
-        let _lock = self.driver.lock(&format!("snapshot {}", snapshot.short_name()))?;
+        let _lock = self.driver.lock(LockKey::Snapshot(snapshot.short_name().to_string()))?;
         let Some(info) = self.snapshot_info(&snapshot).await? else {
             return Ok(Response::new(csi::DeleteSnapshotResponse {}));
         };
@@ -1028,7 +939,7 @@ impl Controller for ControllerService {
         }
         if info.clones.is_empty() {
             tracing::info!(snapshot = %snapshot, "destroyed");
-            self.reap_deleted_volume(snapshot.dataset()).await?;
+            self.reaper.reap_deleted_volume(snapshot.dataset()).await;
         } else {
             tracing::info!(snapshot = %snapshot, clones = %info.clones.join(","),
                 "clones depend on it: hidden now, destroyed with its last clone");

@@ -9,7 +9,7 @@ use tonic::Status;
 use crate::config::Config;
 use crate::csi;
 use crate::errors::zfs_status;
-use crate::locks::{OperationGuard, OperationLocks};
+use crate::locks::{LockKey, OperationGuard, OperationLocks};
 use crate::state::{VolumeInfo, VOLUME_PROPERTIES};
 use crate::process::ProcessRunner;
 use crate::zfs::{DatasetName, SnapshotName, Zfs};
@@ -21,6 +21,8 @@ pub struct Driver {
     /// The pools or parent datasets this node serves; every volume lies strictly below one.
     pub parents: Vec<DatasetName>,
     pub zfs: Zfs,
+    /// The kubelet's root directory, symlinks resolved: staging and target paths lie below it.
+    pub kubelet_dir: std::path::PathBuf,
     locks: Arc<OperationLocks>,
 }
 
@@ -40,6 +42,7 @@ impl Driver {
             node_id: config.node_id.clone(),
             parents: config.parents.clone(),
             zfs,
+            kubelet_dir: crate::mount::resolve(&config.kubelet_dir),
             locks: Arc::new(OperationLocks::default()),
         }
     }
@@ -89,11 +92,28 @@ impl Driver {
         }
     }
 
-    /// Holds the operation lock of `id`, or ABORTED when another RPC on it is in flight.
-    pub fn lock(&self, id: &str) -> Result<OperationGuard, Status> {
-        self.locks.try_acquire(id).ok_or_else(|| {
-            Status::aborted(format!("an operation on {id} is already in progress; retry later"))
+    /// Holds the operation lock of `key`, or ABORTED when another RPC on it is in flight.
+    pub fn lock(&self, key: LockKey) -> Result<OperationGuard, Status> {
+        let what = key.to_string();
+        self.locks.try_acquire(key).ok_or_else(|| {
+            Status::aborted(format!("an operation on {what} is already in progress; retry later"))
         })
+    }
+
+    /// The lock of `key`, waiting up to `patience` for the RPC that holds it (the reaper
+    /// waits; RPCs answer ABORTED at once). Waits only ever go from a clone to its origin, or
+    /// from a snapshot to its volume, so they cannot form a cycle.
+    pub async fn lock_within(&self, key: LockKey, patience: Duration) -> Option<OperationGuard> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(guard) = self.locks.try_acquire(key.clone()) {
+                return Some(guard);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The filesystem or zvol `name`, or `None` when it does not exist.

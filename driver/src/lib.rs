@@ -19,6 +19,7 @@ pub mod mount;
 pub mod node;
 pub mod params;
 pub mod process;
+pub mod reaper;
 pub mod server;
 pub mod state;
 pub mod zfs;

@@ -6,26 +6,43 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Default)]
-pub struct OperationLocks {
-    held: Mutex<HashSet<String>>,
+/// What an operation locks. Volumes and snapshots live in different key spaces, so a volume
+/// and a snapshot never block each other by a coincidence of names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LockKey {
+    /// A volume, by its ID (the dataset name), from CreateVolume (the name it will have),
+    /// DeleteVolume, every node RPC and the reaper.
+    Volume(String),
+    /// A snapshot, by its CSI name (the short name after `@`), which is unique in the cluster.
+    Snapshot(String),
 }
 
-/// Releases its ID when dropped.
+impl std::fmt::Display for LockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockKey::Volume(id) => write!(f, "volume {id}"),
+            LockKey::Snapshot(name) => write!(f, "snapshot {name}"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct OperationLocks {
+    held: Mutex<HashSet<LockKey>>,
+}
+
+/// Releases its key when dropped.
 #[derive(Debug)]
 pub struct OperationGuard {
     locks: Arc<OperationLocks>,
-    key: String,
+    key: LockKey,
 }
 
 impl OperationLocks {
     /// `None` when another operation holds `key`.
-    pub fn try_acquire(self: &Arc<Self>, key: &str) -> Option<OperationGuard> {
+    pub fn try_acquire(self: &Arc<Self>, key: LockKey) -> Option<OperationGuard> {
         let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        held.insert(key.to_string()).then(|| OperationGuard {
-            locks: Arc::clone(self),
-            key: key.to_string(),
-        })
+        held.insert(key.clone()).then(|| OperationGuard { locks: Arc::clone(self), key })
     }
 }
 
@@ -43,10 +60,12 @@ mod tests {
     #[test]
     fn same_key_is_exclusive_until_released() {
         let locks = Arc::new(OperationLocks::default());
-        let first = locks.try_acquire("vms/a").expect("free key");
-        assert!(locks.try_acquire("vms/a").is_none());
-        assert!(locks.try_acquire("vms/b").is_some(), "other keys are independent");
+        let volume = |id: &str| LockKey::Volume(id.to_string());
+        let first = locks.try_acquire(volume("vms/a")).expect("free key");
+        assert!(locks.try_acquire(volume("vms/a")).is_none());
+        assert!(locks.try_acquire(volume("vms/b")).is_some(), "other keys are independent");
+        assert!(locks.try_acquire(LockKey::Snapshot("vms/a".into())).is_some(), "snapshots are another key space");
         drop(first);
-        assert!(locks.try_acquire("vms/a").is_some());
+        assert!(locks.try_acquire(volume("vms/a")).is_some());
     }
 }

@@ -16,6 +16,7 @@ use crate::csi::volume_capability::access_mode::Mode;
 use crate::csi::{self, node_server::Node, node_service_capability};
 use crate::driver::Driver;
 use crate::errors::{missing, zfs_status};
+use crate::locks::LockKey;
 use crate::format::{self, DeviceContent, FormatError, Formatter};
 use crate::mount::{self, MountEntry, MountError};
 use crate::params::FsType;
@@ -33,7 +34,63 @@ pub struct NodeService {
 }
 
 fn mount_status(err: MountError) -> Status {
-    Status::internal(err.to_string())
+    match err {
+        MountError::TimedOut { .. } => Status::deadline_exceeded(err.to_string()),
+        _ => Status::internal(err.to_string()),
+    }
+}
+
+/// Mount system calls and mount-table reads, off the async workers and with a deadline
+/// (`mount::run`).
+async fn blocking<T: Send + 'static>(
+    what: impl Into<String>,
+    f: impl FnOnce() -> Result<T, MountError> + Send + 'static,
+) -> Result<T, Status> {
+    mount::run(what, f).await.map_err(mount_status)
+}
+
+async fn mount_at(path: &Path) -> Result<Option<MountEntry>, Status> {
+    let path = path.to_path_buf();
+    blocking("reading the mount table", move || mount::mount_at(&path)).await
+}
+
+async fn mount_table() -> Result<Vec<MountEntry>, Status> {
+    blocking("reading the mount table", mount::mount_table).await
+}
+
+fn io_status(what: String) -> impl FnOnce(std::io::Error) -> MountError {
+    move |e| MountError::Io { what, errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)) }
+}
+
+/// `mkdir -p`, off the async workers.
+async fn create_dir_all(dir: &Path) -> Result<(), Status> {
+    let dir = dir.to_path_buf();
+    blocking(format!("creating {}", dir.display()), move || {
+        std::fs::create_dir_all(&dir).map_err(io_status(format!("creating {}", dir.display())))
+    })
+    .await
+}
+
+/// A repeated NodeStageVolume finds the volume staged: success when it was staged as this
+/// request asks (read-only or not, the same mount flags), ALREADY_EXISTS otherwise.
+fn staged_as_asked(volume: &VolumeInfo, existing: &MountEntry, mount_flags: &[String], read_only: bool) -> Result<(), Status> {
+    if mount::satisfies(existing, mount_flags, read_only) {
+        return Ok(());
+    }
+    Err(Status::already_exists(format!(
+        "volume {} is staged at {} with other options ({}) than this request's (read-only: {read_only}, flags: {})",
+        volume.name,
+        existing.mount_point.display(),
+        existing.options.join(","),
+        mount_flags.join(",")
+    )))
+}
+
+/// Whether this kernel shuts a mounted filesystem down when the zvol under it changes size:
+/// RHEL 9-family kernels mark the block device dead on the media-change event that OpenZFS
+/// raises on every volsize change (openzfs/zfs#18758), and freezing does not help there.
+fn kernel_shuts_down_on_zvol_resize(release: &str) -> bool {
+    release.split(['.', '-', '_']).any(|part| part == "el9")
 }
 
 fn format_status(what: &str, err: FormatError) -> Status {
@@ -112,6 +169,22 @@ impl NodeService {
         Self { driver, formatter: Formatter::new(FORMAT_TIMEOUT) }
     }
 
+    /// A staging or target path: required, absolute, and below the kubelet directory once its
+    /// symlinks are resolved. The resolved path is what the mount table shows, so every later
+    /// comparison uses it.
+    async fn kubelet_path(&self, field: &str, value: &str) -> Result<PathBuf, Status> {
+        let path = path_arg(field, value)?;
+        let resolved = blocking(format!("resolving {field}"), move || Ok(mount::resolve(&path))).await?;
+        if !resolved.starts_with(&self.driver.kubelet_dir) {
+            return Err(Status::invalid_argument(format!(
+                "{field} {value:?} ({}) is not below the kubelet directory {}: the driver mounts nothing elsewhere (--kubelet-dir)",
+                resolved.display(),
+                self.driver.kubelet_dir.display()
+            )));
+        }
+        Ok(resolved)
+    }
+
     /// The volume named by `volume_id`: INVALID_ARGUMENT when malformed, NOT_FOUND when it is
     /// not one of ours to serve or does not exist.
     async fn existing_volume(&self, volume_id: &str) -> Result<VolumeInfo, Status> {
@@ -155,9 +228,9 @@ impl NodeService {
     ) -> Result<(), Status> {
         let device = self.zvol_device(&volume.name).await?;
         let device_str = device.to_string_lossy().to_string();
-        if let Some(existing) = mount::mount_at(staging).map_err(mount_status)? {
+        if let Some(existing) = mount_at(staging).await? {
             if existing.source == device_str {
-                return Ok(());
+                return staged_as_asked(volume, &existing, mount_flags, read_only);
             }
             return Err(Status::already_exists(format!(
                 "staging path {} already holds {} ({}), not volume {}",
@@ -211,14 +284,18 @@ impl NodeService {
             // mount both at once.
             options.push("nouuid".into());
         }
-        std::fs::create_dir_all(staging).map_err(|e| Status::internal(format!("creating {}: {e}", staging.display())))?;
-        mount::mount_filesystem(&device_str, staging, fs_type.as_str(), &options, read_only).map_err(mount_status)
+        create_dir_all(staging).await?;
+        let staging = staging.to_path_buf();
+        blocking(format!("mounting {device_str} at {}", staging.display()), move || {
+            mount::mount_filesystem(&device_str, &staging, fs_type.as_str(), &options, read_only)
+        })
+        .await
     }
 
     async fn stage_dataset(&self, volume: &VolumeInfo, staging: &Path, mount_flags: &[String], read_only: bool) -> Result<(), Status> {
-        if let Some(existing) = mount::mount_at(staging).map_err(mount_status)? {
+        if let Some(existing) = mount_at(staging).await? {
             if existing.fs_type == "zfs" && existing.source == volume.name.as_str() {
-                return Ok(());
+                return staged_as_asked(volume, &existing, mount_flags, read_only);
             }
             return Err(Status::already_exists(format!(
                 "staging path {} already holds {} ({}), not volume {}",
@@ -228,20 +305,37 @@ impl NodeService {
                 volume.name
             )));
         }
-        std::fs::create_dir_all(staging).map_err(|e| Status::internal(format!("creating {}: {e}", staging.display())))?;
-        mount::mount_filesystem(volume.name.as_str(), staging, "zfs", mount_flags, read_only).map_err(mount_status)
+        create_dir_all(staging).await?;
+        let (dataset, staging, flags) = (volume.name.to_string(), staging.to_path_buf(), mount_flags.to_vec());
+        blocking(format!("mounting {dataset} at {}", staging.display()), move || {
+            mount::mount_filesystem(&dataset, &staging, "zfs", &flags, read_only)
+        })
+        .await
     }
 
-    /// Refuses a second publish of a volume that is not shared (OpenEBS's `shared`), unless the
-    /// CO asked for single-node multi-writer access.
-    fn check_not_published_elsewhere(&self, volume: &VolumeInfo, mode: Mode, is_other_publish: impl Fn(&MountEntry) -> bool) -> Result<(), Status> {
-        if volume.shared || mode == Mode::SingleNodeMultiWriter {
+    /// Refuses a second publish of a volume when the access mode or the volume says it has one
+    /// user: always for SINGLE_NODE_SINGLE_WRITER (a ReadWriteOncePod PVC), whatever `shared`
+    /// says; for SINGLE_NODE_WRITER unless the volume is `shared` (OpenEBS's parameter).
+    /// SINGLE_NODE_MULTI_WRITER, which kubelet sends for ReadWriteOnce PVCs because the driver
+    /// offers it, lets the pods of one node share the volume, as ReadWriteOnce means.
+    async fn check_not_published_elsewhere(&self, volume: &VolumeInfo, mode: Mode, is_other_publish: impl Fn(&MountEntry) -> bool) -> Result<(), Status> {
+        let exclusive = match mode {
+            Mode::SingleNodeSingleWriter => true,
+            Mode::SingleNodeMultiWriter => false,
+            _ => !volume.shared,
+        };
+        if !exclusive {
             return Ok(());
         }
-        let table = mount::mount_table().map_err(mount_status)?;
+        let table = mount_table().await?;
         if let Some(other) = table.iter().find(|m| is_other_publish(m)) {
+            let hint = if mode == Mode::SingleNodeSingleWriter {
+                "it is ReadWriteOncePod (single-node single-writer): one pod at a time"
+            } else {
+                "set `shared: yes` on its StorageClass to let several pods use it"
+            };
             return Err(Status::failed_precondition(format!(
-                "volume {} is already published at {}; set `shared: yes` on its StorageClass to let several pods use it",
+                "volume {} is already published at {}; {hint}",
                 volume.name,
                 other.mount_point.display()
             )));
@@ -257,10 +351,21 @@ impl NodeService {
             )));
         }
         let device = self.zvol_device(&volume.name).await?;
-        if let Some(existing) = mount::mount_at(target).map_err(mount_status)? {
-            if is_device_bind(&existing, &device) {
+        let existing = mount_at(target).await?;
+        if let Some(existing) = &existing {
+            let completes_read_only = read_only && !existing.is_read_only();
+            if is_device_bind(existing, &device) && !completes_read_only {
+                if existing.is_read_only() != read_only {
+                    return Err(Status::already_exists(format!(
+                        "volume {} is published read-only at {}; not publishing it read-write there",
+                        volume.name,
+                        target.display()
+                    )));
+                }
                 return Ok(());
             }
+        }
+        if let Some(existing) = existing.filter(|e| !is_device_bind(e, &device)) {
             return Err(Status::already_exists(format!(
                 "target {} is already used by {}; not mounting volume {} over it",
                 target.display(),
@@ -268,11 +373,11 @@ impl NodeService {
                 volume.name
             )));
         }
-        self.check_not_published_elsewhere(volume, mode, |m| is_device_bind(m, &device) && m.mount_point != target)?;
+        self.check_not_published_elsewhere(volume, mode, |m| is_device_bind(m, &device) && m.mount_point != target).await?;
         // A read-only bind mount does not stop writes through a device node (the kernel checks
         // a mount's read-only flag when files are written, not devices), so read-only raw block
         // is the device's own flag, and that is one state for all the device's publishes.
-        let table = mount::mount_table().map_err(mount_status)?;
+        let table = mount_table().await?;
         if let Some(other) = table
             .iter()
             .find(|m| is_device_bind(m, &device) && m.mount_point != target && m.is_read_only() != read_only)
@@ -290,15 +395,24 @@ impl NodeService {
                 .await
                 .map_err(|e| format_status(&format!("publishing volume {}", volume.name), e))?;
         }
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
-        }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(target)
-            .map_err(|e| Status::internal(format!("creating the block target file {}: {e}", target.display())))?;
-        mount::bind(&device, target, &[], read_only).map_err(mount_status)
+        let target = target.to_path_buf();
+        let already_bound = table.iter().any(|m| m.mount_point == target && is_device_bind(m, &device));
+        blocking(format!("publishing {} at {}", volume.name, target.display()), move || {
+            if already_bound {
+                // A read-write bind left by a crash before its read-only remount.
+                return mount::remount_bind_read_only(&target);
+            }
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(io_status(format!("creating {}", dir.display())))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&target)
+                .map_err(io_status(format!("creating the block target file {}", target.display())))?;
+            mount::bind(&device, &target, &[], read_only)
+        })
+        .await
     }
 
     /// After an unpublish: a zvol's device that no target publishes any more loses the
@@ -311,7 +425,7 @@ impl NodeService {
         if !device_read_only(&device) {
             return Ok(());
         }
-        let table = mount::mount_table().map_err(mount_status)?;
+        let table = mount_table().await?;
         if table.iter().any(|m| is_device_bind(m, &device)) {
             return Ok(());
         }
@@ -322,7 +436,7 @@ impl NodeService {
     }
 
     async fn publish_mount(&self, volume: &VolumeInfo, staging: &Path, target: &Path, mode: Mode, mount_flags: &[String], read_only: bool) -> Result<(), Status> {
-        let staged = mount::mount_at(staging).map_err(mount_status)?.ok_or_else(|| {
+        let staged = mount_at(staging).await?.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "volume {} is not staged at {}: call NodeStageVolume first",
                 volume.name,
@@ -330,9 +444,26 @@ impl NodeService {
             ))
         })?;
         let same_volume = |m: &MountEntry| m.source == staged.source && m.root == staged.root && m.fs_type == staged.fs_type;
-        if let Some(existing) = mount::mount_at(target).map_err(mount_status)? {
-            if same_volume(&existing) {
+        if let Some(existing) = mount_at(target).await? {
+            if same_volume(&existing) && mount::satisfies(&existing, mount_flags, read_only) {
                 return Ok(());
+            }
+            if same_volume(&existing) && read_only && mount::satisfies(&existing, mount_flags, false) {
+                // A read-write bind left by a crash between the bind and its read-only
+                // remount: finish it, rather than hand a writable volume to a read-only pod.
+                let target = target.to_path_buf();
+                return blocking(format!("remounting {} read-only", target.display()), move || {
+                    mount::remount_bind_read_only(&target)
+                })
+                .await;
+            }
+            if same_volume(&existing) {
+                return Err(Status::already_exists(format!(
+                    "volume {} is published at {} with other options ({}); not publishing it there again as asked",
+                    volume.name,
+                    target.display(),
+                    existing.options.join(",")
+                )));
             }
             return Err(Status::already_exists(format!(
                 "target {} is already used by {}; not mounting volume {} over it",
@@ -341,9 +472,13 @@ impl NodeService {
                 volume.name
             )));
         }
-        self.check_not_published_elsewhere(volume, mode, |m| same_volume(m) && m.mount_point != staging && m.mount_point != target)?;
-        std::fs::create_dir_all(target).map_err(|e| Status::internal(format!("creating {}: {e}", target.display())))?;
-        mount::bind(staging, target, mount_flags, read_only).map_err(mount_status)
+        self.check_not_published_elsewhere(volume, mode, |m| same_volume(m) && m.mount_point != staging && m.mount_point != target).await?;
+        create_dir_all(target).await?;
+        let (staging, target, flags) = (staging.to_path_buf(), target.to_path_buf(), mount_flags.to_vec());
+        blocking(format!("publishing {} at {}", volume.name, target.display()), move || {
+            mount::bind(&staging, &target, &flags, read_only)
+        })
+        .await
     }
 
     /// Grows what `expand_volume` was asked to grow; returns the capacity now.
@@ -408,12 +543,76 @@ impl NodeService {
                 }
             }
         }
-        zfs.set(&volume.name, &set).await.map_err(|e| match e {
-            crate::zfs::ZfsError::NoSpace(_) => Status::out_of_range(format!("{what}: {e}")),
-            e => zfs_status(&what, e),
-        })?;
+        let set_size = || async {
+            zfs.set(&volume.name, &set).await.map_err(|e| match e {
+                crate::zfs::ZfsError::NoSpace(_) => Status::out_of_range(format!("{what}: {e}")),
+                e => zfs_status(&what, e),
+            })
+        };
+        match volume.kind {
+            VolumeKind::Filesystem => set_size().await?,
+            VolumeKind::Zvol => self.resize_zvol_safely(volume, target, set_size).await?,
+        }
         tracing::info!(volume = %volume.name, from = volume.capacity, to = target, "expanded");
         Ok(target)
+    }
+
+    /// Changes a zvol's size without losing what a workload wrote and has not synced.
+    ///
+    /// OpenZFS flags a zvol as changed on every volsize change, and the next open of the device
+    /// reports a media change; kernel 6.1 then invalidates the mounted filesystem's inodes and
+    /// drops their dirty pages (`VFS: busy inodes on changed media`): files written without
+    /// fsync come back empty. So the filesystem is frozen first (its dirty data written out,
+    /// writers held), the size is changed, the device is opened while still frozen so that the
+    /// media change is handled when nothing is dirty, and only then thawed. The guard thaws on
+    /// every path, a cancelled RPC included. A raw block zvol has its page cache written out
+    /// (fsync) instead. On RHEL 9-family kernels the media change shuts the filesystem down
+    /// whatever is done first (openzfs/zfs#18758): there, a mounted filesystem is not resized.
+    async fn resize_zvol_safely<F: std::future::Future<Output = Result<(), Status>>>(
+        &self,
+        volume: &VolumeInfo,
+        size: u64,
+        set_size: impl FnOnce() -> F,
+    ) -> Result<(), Status> {
+        let device = self.zvol_device(&volume.name).await?;
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if kernel_shuts_down_on_zvol_resize(release.trim()) {
+            let device_str = device.to_string_lossy().to_string();
+            if let Some(m) = mount_table().await?.iter().find(|m| m.source == device_str && m.root == "/") {
+                return Err(Status::failed_precondition(format!(
+                    "volume {}: this kernel ({}) shuts a mounted filesystem down when its zvol changes size \
+                     (openzfs/zfs#18758), and it is mounted at {}; nothing was changed. Stop the workload, \
+                     set the size with `zfs set volsize=` while it is unmounted, or use a dataset StorageClass \
+                     (fstype zfs), which grows safely",
+                    volume.name,
+                    release.trim(),
+                    m.mount_point.display()
+                )));
+            }
+        }
+        let quiesce_device = device.clone();
+        let frozen = blocking(format!("quiescing {} before its size changes", volume.name), move || {
+            mount::quiesce_zvol(&quiesce_device)
+        })
+        .await?;
+        let result = set_size().await;
+        if result.is_ok() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while device_size(&device).unwrap_or(0) < size && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Dropping the guard opens the device (the media change is handled now, while frozen)
+        // and thaws; with no filesystem mounted, the device is opened all the same.
+        blocking(format!("thawing {}", volume.name), move || {
+            match frozen {
+                Some(frozen) => drop(frozen),
+                None => mount::touch_device(&device),
+            }
+            Ok(())
+        })
+        .await?;
+        result
     }
 
     /// After a zvol grew: wait until the kernel device shows the new size, then grow the
@@ -425,7 +624,7 @@ impl NodeService {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let device_str = device.to_string_lossy().to_string();
-        let table = mount::mount_table().map_err(mount_status)?;
+        let table = mount_table().await?;
         let mounted = table
             .iter()
             .filter(|m| m.source == device_str && m.root == "/")
@@ -441,9 +640,13 @@ impl NodeService {
     }
 }
 
-fn statvfs_usage(path: &Path) -> Result<Vec<csi::VolumeUsage>, Status> {
-    let stat = nix::sys::statvfs::statvfs(path)
-        .map_err(|e| Status::internal(format!("statvfs {}: {e}", path.display())))?;
+async fn statvfs_usage(path: &Path) -> Result<Vec<csi::VolumeUsage>, Status> {
+    let path = path.to_path_buf();
+    let what = format!("statvfs {}", path.display());
+    let stat = blocking(what.clone(), move || {
+        nix::sys::statvfs::statvfs(&path).map_err(|errno| MountError::Io { what, errno })
+    })
+    .await?;
     let fragment = stat.fragment_size() as u64;
     let blocks = stat.blocks() as u64;
     let files = stat.files() as u64;
@@ -477,11 +680,11 @@ impl Node for NodeService {
         if req.volume_id.is_empty() {
             return Err(missing("volume_id"));
         }
-        let staging = path_arg("staging_target_path", &req.staging_target_path)?;
+        let staging = self.kubelet_path("staging_target_path", &req.staging_target_path).await?;
         let cap = req.volume_capability.as_ref().ok_or_else(|| missing("volume_capability"))?;
         let access = capability::parse(cap)?;
         let read_only = capability::is_read_only(cap);
-        let _lock = self.driver.lock(&req.volume_id)?;
+        let _lock = self.driver.lock(LockKey::Volume(req.volume_id.clone()))?;
         let volume = self.existing_volume(&req.volume_id).await?;
         match (access, volume.kind) {
             (AccessType::Block, VolumeKind::Filesystem) => {
@@ -519,9 +722,10 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         self.driver.volume_name(&req.volume_id)?;
-        let staging = path_arg("staging_target_path", &req.staging_target_path)?;
-        let _lock = self.driver.lock(&req.volume_id)?;
-        mount::unmount_all(&staging).map_err(mount_status)?;
+        let staging = self.kubelet_path("staging_target_path", &req.staging_target_path).await?;
+        let _lock = self.driver.lock(LockKey::Volume(req.volume_id.clone()))?;
+        let path = staging.clone();
+        blocking(format!("unmounting {}", staging.display()), move || mount::unmount_all(&path)).await?;
         tracing::info!(volume = %req.volume_id, staging = %staging.display(), "unstaged");
         Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
     }
@@ -534,13 +738,13 @@ impl Node for NodeService {
         if req.volume_id.is_empty() {
             return Err(missing("volume_id"));
         }
-        let target = path_arg("target_path", &req.target_path)?;
+        let target = self.kubelet_path("target_path", &req.target_path).await?;
         let cap = req.volume_capability.as_ref().ok_or_else(|| missing("volume_capability"))?;
-        let staging = path_arg("staging_target_path", &req.staging_target_path)?;
+        let staging = self.kubelet_path("staging_target_path", &req.staging_target_path).await?;
         let access = capability::parse(cap)?;
         let mode = cap.access_mode.as_ref().map(|m| m.mode()).unwrap_or(Mode::Unknown);
         let read_only = req.readonly || capability::is_read_only(cap);
-        let _lock = self.driver.lock(&req.volume_id)?;
+        let _lock = self.driver.lock(LockKey::Volume(req.volume_id.clone()))?;
         let volume = self.existing_volume(&req.volume_id).await?;
         match access {
             AccessType::Block => self.publish_block(&volume, &target, mode, read_only).await?,
@@ -558,21 +762,26 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let name = self.driver.volume_name(&req.volume_id)?;
-        let target = path_arg("target_path", &req.target_path)?;
-        let _lock = self.driver.lock(&req.volume_id)?;
-        mount::unmount_all(&target).map_err(mount_status)?;
+        let target = self.kubelet_path("target_path", &req.target_path).await?;
+        let _lock = self.driver.lock(LockKey::Volume(req.volume_id.clone()))?;
+        let path = target.clone();
+        blocking(format!("unmounting {}", target.display()), move || mount::unmount_all(&path)).await?;
         if let Some(name) = &name {
             self.release_device(name).await?;
         }
         // Removes only an empty directory or the block target file: if something is still
         // inside, it is not ours to delete.
-        let removed = match std::fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir(&target),
-            Ok(_) => std::fs::remove_file(&target),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        };
-        removed.map_err(|e| Status::internal(format!("removing target {}: {e}", target.display())))?;
+        let path = target.clone();
+        blocking(format!("removing target {}", target.display()), move || {
+            let removed = match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            removed.map_err(io_status(format!("removing target {}", path.display())))
+        })
+        .await?;
         tracing::info!(volume = %req.volume_id, target = %target.display(), "unpublished");
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
@@ -585,9 +794,13 @@ impl Node for NodeService {
         let name = self.driver.volume_name(&req.volume_id)?;
         let path = volume_path_arg(&req.volume_path)?;
         let name = name.ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
-        let meta = std::fs::metadata(&path)
-            .map_err(|_| Status::not_found(format!("volume path {} does not exist", path.display())))?;
-        let mounted = mount::mount_at(&path).map_err(mount_status)?;
+        let (path, meta) = blocking(format!("looking at {}", path.display()), move || {
+            let path = mount::resolve(&path);
+            Ok(std::fs::metadata(&path).ok().map(|meta| (path, meta)))
+        })
+        .await?
+        .ok_or_else(|| Status::not_found(format!("volume path {} does not exist", req.volume_path)))?;
+        let mounted = mount_at(&path).await?;
         let volume = self.driver.volume(&name).await?;
         let mut condition = self.driver.volume_condition(&name).await;
         let volume = match volume {
@@ -598,7 +811,7 @@ impl Node for NodeService {
                     message: format!("dataset {name} is gone but still mounted at {}", path.display()),
                 };
                 return Ok(Response::new(csi::NodeGetVolumeStatsResponse {
-                    usage: if meta.is_dir() { statvfs_usage(&path)? } else { Vec::new() },
+                    usage: if meta.is_dir() { statvfs_usage(&path).await? } else { Vec::new() },
                     volume_condition: Some(condition),
                 }));
             }
@@ -611,7 +824,7 @@ impl Node for NodeService {
             };
         }
         let usage = if meta.is_dir() {
-            statvfs_usage(&path)?
+            statvfs_usage(&path).await?
         } else {
             // A raw block volume: the device's size is all there is to report.
             let device = self.zvol_device(&volume.name).await?;
@@ -641,13 +854,16 @@ impl Node for NodeService {
             .map(capability::parse)
             .transpose()?
             .is_some_and(|a| a == AccessType::Block);
-        let _lock = self.driver.lock(&req.volume_id)?;
+        let _lock = self.driver.lock(LockKey::Volume(req.volume_id.clone()))?;
         // The volume and its path before the capacity range: csi-sanity asks to expand an
         // unknown volume with no range at all and expects NOT_FOUND.
         let volume = self.existing_volume(&req.volume_id).await?;
-        if !volume_path.exists() {
-            return Err(Status::not_found(format!("volume path {} does not exist", volume_path.display())));
-        }
+        let volume_path = blocking(format!("looking at {}", volume_path.display()), move || {
+            let path = mount::resolve(&volume_path);
+            Ok(path.exists().then_some(path))
+        })
+        .await?
+        .ok_or_else(|| Status::not_found(format!("volume path {} does not exist", req.volume_path)))?;
         let range = req.capacity_range.as_ref().ok_or_else(|| missing("capacity_range"))?;
         if range.required_bytes < 0 || range.limit_bytes < 0 {
             return Err(Status::invalid_argument("capacity_range: bytes must not be negative"));
@@ -724,6 +940,15 @@ mod tests {
         assert!(!may_format(&zvol(false, Some("ext4"))));
         let clone = VolumeInfo { content_source: Some("snapshot:vms/raw@s".into()), ..zvol(true, Some("ext4")) };
         assert!(!may_format(&clone), "a clone's bytes are its source's");
+    }
+
+    #[test]
+    fn rhel9_kernels_are_known_to_shut_a_resized_zvols_filesystem_down() {
+        assert!(kernel_shuts_down_on_zvol_resize("5.14.0-427.13.1.el9_4.x86_64"));
+        assert!(kernel_shuts_down_on_zvol_resize("5.14.0-503.el9.x86_64"));
+        assert!(!kernel_shuts_down_on_zvol_resize("6.1.0-40-amd64"));
+        assert!(!kernel_shuts_down_on_zvol_resize("6.12.48+deb12-amd64"));
+        assert!(!kernel_shuts_down_on_zvol_resize("6.8.0-el90-custom"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::csi::{controller_server::ControllerServer, identity_server::IdentityS
 use crate::driver::Driver;
 use crate::identity::IdentityService;
 use crate::node::NodeService;
+use crate::reaper::Reaper;
 
 /// A future that resolves on SIGTERM (kubelet stopping the pod) or SIGINT. The handlers are
 /// installed now, before the socket exists: a signal that arrives as soon as a client can
@@ -64,10 +65,13 @@ fn shutdown_stages(
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), String> {
     let (graceful, hard_stop) = shutdown_stages(shutdown);
     let driver = Arc::new(Driver::new(&config));
+    let reaper = Reaper::new(Arc::clone(&driver));
+    thaw_left_frozen(driver.kubelet_dir.clone());
+    reaper.clone().spawn_periodic();
     let router = Server::builder()
         .layer(tower::layer::layer_fn(RpcLog))
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(&driver))))
-        .add_service(ControllerServer::new(ControllerService::new(Arc::clone(&driver))))
+        .add_service(ControllerServer::new(ControllerService::new(Arc::clone(&driver), reaper.clone())))
         .add_service(NodeServer::new(NodeService::new(Arc::clone(&driver))));
     let parents: Vec<&str> = driver.parents.iter().map(|p| p.as_str()).collect();
     match &config.endpoint {
@@ -97,6 +101,23 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A driver killed between freezing a filesystem (expansion, snapshot) and thawing it leaves
+/// the workload's writes hanging: thaw what is frozen under the kubelet directory, in the
+/// background so that a hung mount cannot delay serving.
+fn thaw_left_frozen(kubelet_dir: std::path::PathBuf) {
+    tokio::spawn(async move {
+        let what = format!("thawing filesystems left frozen under {}", kubelet_dir.display());
+        match crate::mount::run(what, move || crate::mount::thaw_frozen_under(&kubelet_dir)).await {
+            Ok(thawed) => {
+                for mount_point in thawed {
+                    tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem that an interrupted expansion or snapshot left frozen");
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    });
 }
 
 /// Binds the socket, first removing a stale socket left by a previous run. Anything else at

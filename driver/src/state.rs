@@ -35,12 +35,15 @@ pub mod prop {
     pub const PV_NAME: &str = "zfs-csi.io:pv-name";
 }
 
-/// The value of one of our user properties when it was set on this very dataset or snapshot.
-/// User properties are inherited: a snapshot the operator (or sanoid) takes of our volume, or
-/// a dataset created below it, would otherwise carry our marker and look like ours.
+/// The value of one of our user properties when it was set on this very dataset or snapshot,
+/// locally. The one ownership rule, the same as the delete channel program's (`zfs/mod.rs`):
+/// user properties are inherited, so a snapshot the operator (or sanoid) takes of our volume,
+/// or a dataset created below it, would otherwise carry our marker; and a replica received
+/// with `zfs send -p | zfs recv` carries it as a received value, yet the driver did not create
+/// it.
 fn own_property<'a>(dataset: &'a Dataset, property: &str) -> Option<&'a str> {
     let p = dataset.property(property)?;
-    matches!(p.source, PropertySource::Local | PropertySource::Received).then_some(p.value.as_str())
+    (p.source == PropertySource::Local).then_some(p.value.as_str())
 }
 
 /// What is read to describe a volume.

@@ -15,6 +15,8 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
+pub mod node_support;
+
 pub use zfs_csi::csi;
 use zfs_csi::csi::controller_client::ControllerClient;
 use zfs_csi::csi::identity_client::IdentityClient;
@@ -62,8 +64,11 @@ impl DriverProcess {
             "--log-level=info".to_string(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
+        // Test volumes are staged and published in temporary directories: they stand for the
+        // kubelet directory (a test's own --kubelet-dir flag overrides this).
         let child = Command::new(driver_binary())
             .args(&args)
+            .env("KUBELET_DIR", std::env::temp_dir())
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", driver_binary().display()));

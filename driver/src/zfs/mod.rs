@@ -52,31 +52,49 @@ pub enum Destroy {
     DeferWhileCloned,
 }
 
-/// What `destroy_filesystem_if_owned` did.
+/// What `delete_if_owned` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OwnedDestroy {
+pub enum OwnedDelete {
     /// Destroyed; a clone names the snapshot it came from.
     Destroyed { origin: Option<String> },
+    /// Snapshots or child datasets depend on it: marked deleted (the property named in the
+    /// call set to "true") instead, in the same transaction group as the check.
+    Marked,
     NotFound,
-    /// The owner property is not set on the dataset itself to the expected value.
+    /// The owner property is not set on the dataset itself to the expected value, or it is
+    /// not a filesystem or volume.
     NotOwned,
-    /// A zvol: left to `destroy_dataset`, which also waits out udev.
-    NotAFilesystem,
-    /// ZFS refused (busy, snapshots, children): the errno.
+    /// ZFS refused: EBUSY when it is mounted or open (or udev is probing a new zvol).
     Refused(i32),
 }
 
-/// A ZFS channel program: destroy a filesystem only if `prop` is set on it, locally, to
-/// `owner`. The check and the destroy happen atomically in one transaction group, so nothing
-/// can change the dataset between them, and it costs one command instead of `zfs get` plus
-/// `zfs destroy`.
-const DESTROY_IF_OWNED: &str = r#"
+/// A ZFS channel program: destroy a filesystem or volume only if `owner_prop` is set on it,
+/// locally (not inherited, not received), to `owner`; if snapshots or children depend on it,
+/// set `mark_prop=true` on it instead. Everything happens in one transaction group, so nothing
+/// can change the dataset between the checks and the destroy or the mark: a snapshot deleted
+/// concurrently is either seen (marked, and its deleter then reaps the volume) or not (the
+/// volume is destroyed); no interleaving leaves a marked volume without dependents.
+///
+/// It never unmounts anything (unlike `zfs destroy`): a mounted filesystem or an open zvol is
+/// refused with EBUSY by the kernel.
+const DELETE_IF_OWNED: &str = r#"
 local argv = (...)["argv"]
-local ds, prop, owner = argv[1], argv[2], argv[3]
+local ds, owner_prop, owner, mark_prop = argv[1], argv[2], argv[3], argv[4]
 if not zfs.exists(ds) then return "missing" end
-if zfs.get_prop(ds, "type") ~= "filesystem" then return "not-filesystem" end
-local value, source = zfs.get_prop(ds, prop)
+local kind = zfs.get_prop(ds, "type")
+if kind ~= "filesystem" and kind ~= "volume" then return "not-owned" end
+local value, source = zfs.get_prop(ds, owner_prop)
 if value ~= owner or source ~= ds then return "not-owned" end
+local dependent = false
+for _ in zfs.list.children(ds) do dependent = true break end
+if not dependent then
+  for _ in zfs.list.snapshots(ds) do dependent = true break end
+end
+if dependent then
+  local err = zfs.sync.set_prop(ds, mark_prop, "true")
+  if err ~= 0 then return "refused " .. err end
+  return "marked"
+end
 local origin = zfs.get_prop(ds, "origin")
 local err = zfs.sync.destroy(ds)
 if err ~= 0 then return "refused " .. err end
@@ -89,13 +107,13 @@ fn channel_program_result(output: &str) -> Option<&str> {
     line.strip_prefix('\'')?.strip_suffix('\'')
 }
 
-fn parse_owned_destroy(result: &str) -> Option<OwnedDestroy> {
+fn parse_owned_delete(result: &str) -> Option<OwnedDelete> {
     Some(match result.split_once(' ').unwrap_or((result, "")) {
-        ("missing", _) => OwnedDestroy::NotFound,
-        ("not-owned", _) => OwnedDestroy::NotOwned,
-        ("not-filesystem", _) => OwnedDestroy::NotAFilesystem,
-        ("refused", errno) => OwnedDestroy::Refused(errno.trim().parse().ok()?),
-        ("destroyed", origin) => OwnedDestroy::Destroyed {
+        ("missing", _) => OwnedDelete::NotFound,
+        ("not-owned", _) => OwnedDelete::NotOwned,
+        ("marked", _) => OwnedDelete::Marked,
+        ("refused", errno) => OwnedDelete::Refused(errno.trim().parse().ok()?),
+        ("destroyed", origin) => OwnedDelete::Destroyed {
             origin: Some(origin.trim()).filter(|o| !o.is_empty() && *o != "-").map(str::to_string),
         },
         _ => return None,
@@ -196,37 +214,20 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
-    /// Destroys one filesystem or volume. Never recursive: a dataset with snapshots or
-    /// children fails with `HasDependents` instead of taking them along.
-    ///
-    /// `Busy` is retried for about two seconds: udev opens a new or changed zvol's device to
-    /// probe it, and a destroy in that window fails although nothing uses the volume.
-    pub async fn destroy_dataset(&self, name: &DatasetName) -> Result<()> {
-        let mut backoff = std::time::Duration::from_millis(50);
-        for _ in 0..6 {
-            match self.zfs(vec!["destroy".into(), name.zfs_name()]).await {
-                Err(ZfsError::Busy(_)) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                other => return other.map(drop),
-            }
-        }
-        self.zfs(vec!["destroy".into(), name.zfs_name()]).await.map(drop)
-    }
-
-    /// Destroys the filesystem `name` if `property` is set on it to `owner` (see
-    /// `DESTROY_IF_OWNED`). The script reaches `zfs program` on standard input as
-    /// `/dev/stdin`, so it needs no file in the host's namespace behind a command prefix.
-    pub async fn destroy_filesystem_if_owned(&self, name: &DatasetName, property: &str, owner: &str) -> Result<OwnedDestroy> {
-        let args: Vec<String> = ["program", name.pool(), "/dev/stdin", name.as_str(), property, owner]
+    /// Destroys the filesystem or volume `name` if `owner_prop` is set on it to `owner`, or
+    /// marks it with `mark_prop` while snapshots or children depend on it (see
+    /// `DELETE_IF_OWNED`): the only way the driver destroys a volume. The script reaches
+    /// `zfs program` on standard input as `/dev/stdin`, so it needs no file in the host's
+    /// namespace behind a command prefix.
+    pub async fn delete_if_owned(&self, name: &DatasetName, owner_prop: &str, owner: &str, mark_prop: &str) -> Result<OwnedDelete> {
+        let args: Vec<String> = ["program", name.pool(), "/dev/stdin", name.as_str(), owner_prop, owner, mark_prop]
             .iter()
             .map(|s| s.to_string())
             .collect();
         let command = format!("zfs {}", args.join(" "));
-        let output = self.run_with_input("zfs", &args, Some(DESTROY_IF_OWNED.as_bytes())).await?;
+        let output = self.run_with_input("zfs", &args, Some(DELETE_IF_OWNED.as_bytes())).await?;
         channel_program_result(&output)
-            .and_then(parse_owned_destroy)
+            .and_then(parse_owned_delete)
             .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {output:?}") })
     }
 
@@ -311,12 +312,13 @@ mod tests {
     fn channel_program_output_is_read() {
         let out = "Channel program fully executed and produced output:\n    return: 'destroyed vms/s@x'\n";
         let result = channel_program_result(out).unwrap();
-        assert_eq!(parse_owned_destroy(result), Some(OwnedDestroy::Destroyed { origin: Some("vms/s@x".into()) }));
-        assert_eq!(parse_owned_destroy("destroyed "), Some(OwnedDestroy::Destroyed { origin: None }));
-        assert_eq!(parse_owned_destroy("refused 16"), Some(OwnedDestroy::Refused(16)));
-        assert_eq!(parse_owned_destroy("not-owned"), Some(OwnedDestroy::NotOwned));
-        assert_eq!(parse_owned_destroy("missing"), Some(OwnedDestroy::NotFound));
-        assert_eq!(parse_owned_destroy("something else"), None);
+        assert_eq!(parse_owned_delete(result), Some(OwnedDelete::Destroyed { origin: Some("vms/s@x".into()) }));
+        assert_eq!(parse_owned_delete("destroyed "), Some(OwnedDelete::Destroyed { origin: None }));
+        assert_eq!(parse_owned_delete("refused 16"), Some(OwnedDelete::Refused(16)));
+        assert_eq!(parse_owned_delete("marked"), Some(OwnedDelete::Marked));
+        assert_eq!(parse_owned_delete("not-owned"), Some(OwnedDelete::NotOwned));
+        assert_eq!(parse_owned_delete("missing"), Some(OwnedDelete::NotFound));
+        assert_eq!(parse_owned_delete("something else"), None);
         assert_eq!(channel_program_result("Channel program fully executed with no return value.\n"), None);
     }
 }

@@ -1,0 +1,283 @@
+//! Deletion, deferred deletion and garbage, in one place (docs/DESIGN.md section 3).
+//!
+//! A volume is destroyed by one ZFS channel program that checks our marker and the volume's
+//! dependents and either destroys it or marks it deleted, atomically (`Zfs::delete_if_owned`).
+//! What is left behind on purpose (a volume marked deleted while snapshots or clones depend on
+//! it, the driver's internal snapshot of a cloned volume) or by accident (a crash or a
+//! cancelled RPC between a clone's destroy and the reaping of its origin, a crash between an
+//! internal snapshot and its clone) is found here again:
+//! - right after the step that frees it (a clone's destroy reaps its origin);
+//! - by a full pass at start-up, every `PASS_INTERVAL`, and from every DeleteVolume that finds
+//!   its volume already gone (the retry after a crash).
+//!
+//! The reaper takes the same per-volume locks as the RPCs (skipping what is busy: the next
+//! pass takes it) and only ever destroys what carries our marker set locally.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::driver::Driver;
+use crate::errors::zfs_status;
+use crate::locks::LockKey;
+use crate::mount;
+use crate::state::{prop, SnapshotInfo, VolumeInfo, SNAPSHOT_PROPERTIES};
+use crate::zfs::{DatasetName, DatasetType, Depth, Destroy, OwnedDelete, SnapshotName, ZfsError};
+
+/// How often a full pass runs in the background.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a zvol that ZFS calls busy, although nothing this node can see uses it, is retried:
+/// udev opens a new or just-closed zvol's device for a moment to probe it.
+const UDEV_BUSY_WINDOW: Duration = Duration::from_secs(3);
+const EBUSY: i32 = 16;
+/// How long the reaper waits for an RPC that holds a volume's lock.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// What deleting a volume did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    Destroyed,
+    /// Snapshots or clones depend on it: marked deleted, hidden, destroyed with its last
+    /// dependent.
+    Deferred,
+    AlreadyGone,
+    /// Not created by this driver (an imported dataset): left in place.
+    NotOurs,
+}
+
+#[derive(Clone)]
+pub struct Reaper {
+    driver: Arc<Driver>,
+}
+
+impl Reaper {
+    pub fn new(driver: Arc<Driver>) -> Self {
+        Self { driver }
+    }
+
+    /// Deletes the volume `name` for DeleteVolume; the caller holds its lock. A volume in use
+    /// (a mounted filesystem, a zvol mounted, bind-mounted for raw block, held or open) is
+    /// FAILED_PRECONDITION naming what holds it, with everything untouched.
+    pub async fn delete_volume(&self, name: &DatasetName) -> Result<Deleted, Status> {
+        let device = zvol_device(name);
+        let users = self.users(name, device.clone(), false).await?;
+        if !users.is_empty() {
+            // Only ours are refused: DeleteVolume of an imported volume leaves it in place
+            // anyway, in use or not.
+            return match self.driver.volume(name).await? {
+                Some(v) if v.managed => Err(in_use(name, &users)),
+                Some(_) => Ok(Deleted::NotOurs),
+                None => Ok(Deleted::AlreadyGone),
+            };
+        }
+        let deadline = tokio::time::Instant::now() + UDEV_BUSY_WINDOW;
+        let mut internal_reaped = false;
+        loop {
+            match self.delete_if_owned(name).await? {
+                OwnedDelete::Destroyed { origin } => {
+                    tracing::info!(volume = %name, "destroyed");
+                    self.reap_origin(origin.as_deref()).await;
+                    return Ok(Deleted::Destroyed);
+                }
+                // Our own internal snapshots left by an interrupted clone do not keep a volume.
+                OwnedDelete::Marked if !internal_reaped && self.reap_internal_snapshots(name).await? => {
+                    internal_reaped = true;
+                }
+                OwnedDelete::Marked => {
+                    tracing::info!(volume = %name, "snapshots or clones depend on it: hidden now, destroyed with its last dependent");
+                    return Ok(Deleted::Deferred);
+                }
+                OwnedDelete::NotFound => return Ok(Deleted::AlreadyGone),
+                OwnedDelete::NotOwned => {
+                    tracing::info!(volume = %name, "not created by this driver (imported or the operator's): left in place with its data");
+                    return Ok(Deleted::NotOurs);
+                }
+                OwnedDelete::Refused(EBUSY) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                OwnedDelete::Refused(EBUSY) => {
+                    let mut users = self.users(name, device.clone(), true).await?;
+                    if users.is_empty() {
+                        users.push("open or mounted where this node's driver cannot see it".into());
+                    }
+                    return Err(in_use(name, &users));
+                }
+                OwnedDelete::Refused(errno) => {
+                    return Err(Status::internal(format!(
+                        "deleting volume {name}: ZFS refused with {}",
+                        nix::Error::from_raw(errno)
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn users(&self, name: &DatasetName, device: Option<std::path::PathBuf>, processes: bool) -> Result<Vec<String>, Status> {
+        let dataset = name.as_str().to_string();
+        mount::run(format!("checking whether {name} is in use"), move || {
+            mount::users(&dataset, device.as_deref(), processes)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    async fn delete_if_owned(&self, name: &DatasetName) -> Result<OwnedDelete, Status> {
+        self.driver
+            .zfs
+            .delete_if_owned(name, prop::MANAGED_BY, &self.driver.name, prop::DELETED)
+            .await
+            .map_err(|e| zfs_status(&format!("deleting volume {name}"), e))
+    }
+
+    /// Destroys the driver's internal clone snapshots of `name` that no clone uses any more.
+    /// True when any went.
+    async fn reap_internal_snapshots(&self, name: &DatasetName) -> Result<bool, Status> {
+        let snapshots = self
+            .driver
+            .zfs
+            .get(name, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot])
+            .await
+            .map_err(|e| zfs_status(&format!("listing the snapshots of {name}"), e))?;
+        let mut reaped = false;
+        for snapshot in snapshots.iter().map(|d| SnapshotInfo::from_dataset(d, &self.driver.name)) {
+            if let Ok(snap) = SnapshotName::parse(&snapshot.name) {
+                reaped |= self.reap_internal_snapshot(&snap, &snapshot).await;
+            }
+        }
+        Ok(reaped)
+    }
+
+    async fn reap_internal_snapshot(&self, name: &SnapshotName, info: &SnapshotInfo) -> bool {
+        if !(info.managed && info.internal && info.clones.is_empty()) {
+            return false;
+        }
+        match self.driver.zfs.destroy_snapshot(name, Destroy::DeferWhileCloned).await {
+            Ok(()) | Err(ZfsError::NotFound(_)) => {
+                tracing::info!(snapshot = %name, "reaped an internal clone snapshot that no clone uses");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %name, "cannot reap internal snapshot: {e}");
+                false
+            }
+        }
+    }
+
+    /// After a clone went: its internal origin snapshot goes too, and the origin's volume if
+    /// it was deleted and this was its last dependent. Failures are left to the next pass.
+    pub async fn reap_origin(&self, origin: Option<&str>) {
+        let Some(origin) = origin.and_then(|o| SnapshotName::parse(o).ok()) else {
+            return;
+        };
+        if !self.driver.is_within_parents(origin.dataset()) {
+            return;
+        }
+        match self.driver.zfs.find(&origin, SNAPSHOT_PROPERTIES).await {
+            Ok(Some(d)) => {
+                self.reap_internal_snapshot(&origin, &SnapshotInfo::from_dataset(&d, &self.driver.name)).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(snapshot = %origin, "cannot read the origin of a destroyed clone: {e}"),
+        }
+        self.reap_deleted_volume(origin.dataset()).await;
+    }
+
+    /// Destroys `name` if the driver marked it deleted and nothing depends on it any more;
+    /// true when it did. Waits for the volume's lock (a DeleteVolume in flight may be marking
+    /// it right now); still busy after `LOCK_PATIENCE`, the next pass comes back.
+    pub async fn reap_deleted_volume(&self, name: &DatasetName) -> bool {
+        let Some(_lock) = self.driver.lock_within(LockKey::Volume(name.to_string()), LOCK_PATIENCE).await else {
+            tracing::info!(volume = %name, "busy: left to the next reaper pass");
+            return false;
+        };
+        match self.driver.volume(name).await {
+            Ok(Some(VolumeInfo { managed: true, deleted: true, .. })) => {}
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(volume = %name, "cannot read a volume to reap: {}", e.message());
+                return false;
+            }
+        }
+        match self.delete_if_owned(name).await {
+            Ok(OwnedDelete::Destroyed { origin }) => {
+                tracing::info!(volume = %name, "destroyed a deleted volume with its last dependent");
+                drop(_lock);
+                // A chain of clones: the origin of this one may be waiting too.
+                Box::pin(self.reap_origin(origin.as_deref())).await;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(volume = %name, "cannot reap a deleted volume: {}", e.message());
+                false
+            }
+        }
+    }
+
+    /// A full pass over every parent this node has: internal snapshots that no clone uses,
+    /// then volumes marked deleted with nothing depending on them. Returns how many datasets
+    /// and snapshots it destroyed.
+    pub async fn pass(&self) -> usize {
+        let mut reaped = 0;
+        for parent in &self.driver.parents {
+            let snapshots = self
+                .driver
+                .zfs
+                .get(parent, &["type", prop::MANAGED_BY, prop::CLONE_OF_VOLUME, "clones"], Depth::All, &[DatasetType::Snapshot])
+                .await;
+            let volumes = self
+                .driver
+                .zfs
+                .get(parent, &["type", prop::MANAGED_BY, prop::DELETED], Depth::All, &[DatasetType::Filesystem, DatasetType::Volume])
+                .await;
+            let (snapshots, volumes) = match (snapshots, volumes) {
+                (Ok(s), Ok(v)) => (s, v),
+                (Err(e), _) | (_, Err(e)) if e.is_not_found() => continue,
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(parent = %parent, "reaper: cannot list: {e}");
+                    continue;
+                }
+            };
+            for snapshot in &snapshots {
+                let info = SnapshotInfo::from_dataset(snapshot, &self.driver.name);
+                if let Ok(name) = SnapshotName::parse(&info.name) {
+                    if self.reap_internal_snapshot(&name, &info).await {
+                        reaped += 1;
+                    }
+                }
+            }
+            for volume in volumes.iter().filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name)) {
+                if volume.managed && volume.deleted && self.reap_deleted_volume(&volume.name).await {
+                    reaped += 1;
+                }
+            }
+        }
+        if reaped > 0 {
+            tracing::info!(reaped, "reaper pass destroyed what was left behind");
+        }
+        reaped
+    }
+
+    /// Runs a pass now and then every `PASS_INTERVAL`, for as long as the driver runs.
+    pub fn spawn_periodic(self) {
+        tokio::spawn(async move {
+            loop {
+                self.pass().await;
+                tokio::time::sleep(PASS_INTERVAL).await;
+            }
+        });
+    }
+}
+
+/// `/dev/zdN` of a zvol, when its link exists (a dataset has none).
+fn zvol_device(name: &DatasetName) -> Option<std::path::PathBuf> {
+    std::fs::canonicalize(format!("/dev/zvol/{name}")).ok()
+}
+
+fn in_use(name: &DatasetName, users: &[String]) -> Status {
+    Status::failed_precondition(format!(
+        "volume {name} is in use ({}): nothing was changed; unpublish and unstage it first",
+        users.join("; ")
+    ))
+}
