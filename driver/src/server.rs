@@ -66,8 +66,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     let (graceful, hard_stop) = shutdown_stages(shutdown);
     let driver = Arc::new(Driver::new(&config));
     let reaper = Reaper::new(Arc::clone(&driver));
-    thaw_left_frozen(driver.kubelet_dir.clone());
-    reaper.clone().spawn_periodic();
+    // Background work starts once the endpoint is bound: a driver that cannot serve does
+    // nothing else either.
+    let start_background = || {
+        thaw_left_frozen(driver.kubelet_dir.clone());
+        reaper.clone().spawn_periodic();
+    };
     let router = Server::builder()
         .layer(tower::layer::layer_fn(RpcLog))
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(&driver))))
@@ -77,6 +81,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     match &config.endpoint {
         Endpoint::Unix(path) => {
             let listener = bind_unix(path)?;
+            start_background();
             tracing::info!(endpoint = %config.endpoint, driver = %driver.name, node = %driver.node_id,
                 parents = %parents.join(","), version = driver.version, "serving CSI");
             let result = tokio::select! {
@@ -90,6 +95,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.endpoint))?;
+            start_background();
             tracing::info!(endpoint = %config.endpoint, driver = %driver.name, node = %driver.node_id,
                 parents = %parents.join(","), version = driver.version, "serving CSI");
             let result = tokio::select! {
