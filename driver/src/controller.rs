@@ -532,7 +532,7 @@ impl ControllerService {
             )));
         }
         if let Some(snapshot_props) = &origin.take_snapshot {
-            match zfs.snapshot(&origin.snapshot, snapshot_props).await {
+            match self.driver.take_snapshot(&origin.snapshot, snapshot_props).await {
                 Ok(()) => {}
                 // Left by an interrupted earlier attempt for this same clone.
                 Err(ZfsError::AlreadyExists(_)) => {}
@@ -898,7 +898,7 @@ impl Controller for ControllerService {
             (prop::CSI_NAME.to_string(), req.name.clone()),
             (prop::CAPACITY.to_string(), volume.capacity.to_string()),
         ];
-        match self.driver.zfs.snapshot(&snapshot, &props).await {
+        match self.driver.take_snapshot(&snapshot, &props).await {
             Ok(()) => tracing::info!(snapshot = %snapshot, "created"),
             Err(ZfsError::AlreadyExists(_)) => {}
             Err(e) => return Err(zfs_status(&format!("creating snapshot {snapshot}"), e)),

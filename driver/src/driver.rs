@@ -116,6 +116,39 @@ impl Driver {
         }
     }
 
+    /// Takes `snapshot` so that it holds everything written to the volume so far. A dataset's
+    /// writes are in ZFS already; a zvol's filesystem keeps its dirty pages in the kernel's page
+    /// cache, outside the zvol, so it is frozen for the moment of the snapshot (and a raw block
+    /// zvol's page cache is written out). When that cannot be done the snapshot is still taken,
+    /// crash-consistent, as `zfs snapshot` alone would.
+    pub async fn take_snapshot(&self, snapshot: &SnapshotName, properties: &crate::zfs::Properties) -> Result<(), crate::zfs::ZfsError> {
+        let device = std::fs::canonicalize(format!("/dev/zvol/{}", snapshot.dataset())).ok();
+        let frozen = match device {
+            Some(device) => {
+                let what = format!("quiescing {} for snapshot {snapshot}", snapshot.dataset());
+                match crate::mount::run(what, move || crate::mount::quiesce_zvol(&device)).await {
+                    Ok(frozen) => frozen,
+                    Err(e) => {
+                        tracing::warn!(snapshot = %snapshot, "{e}; the snapshot is crash-consistent only");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let result = self.zfs.snapshot(snapshot, properties).await;
+        if let Some(frozen) = frozen {
+            let thawed = crate::mount::run(format!("thawing {} after snapshot", snapshot.dataset()), move || {
+                drop(frozen);
+                Ok(())
+            });
+            if let Err(e) = thawed.await {
+                tracing::error!(snapshot = %snapshot, "{e}");
+            }
+        }
+        result
+    }
+
     /// The filesystem or zvol `name`, or `None` when it does not exist.
     pub async fn volume(&self, name: &DatasetName) -> Result<Option<VolumeInfo>, Status> {
         let dataset = self
