@@ -42,7 +42,7 @@ impl Identity for IdentityService {
         _request: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
         use plugin_capability::service::Type;
-        // Expansion is ONLINE and node-side only (DESIGN.md section 1): csi-resizer has no
+        // Expansion is ONLINE and node-side only (docs/DESIGN.md section 1): csi-resizer has no
         // per-node mode, so the controller does not advertise EXPAND_VOLUME.
         let online_expansion = csi::PluginCapability {
             r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {

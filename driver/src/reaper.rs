@@ -1,4 +1,4 @@
-//! Deletion, deferred deletion and garbage, in one place (docs/DESIGN.md section 3).
+//! Deletion, deferred deletion and garbage, in one place (docs/DESIGN.md section 7).
 //!
 //! A volume is destroyed by one ZFS channel program that checks our marker and the volume's
 //! dependents and either destroys it or marks it deleted, atomically (`Zfs::delete_if_owned`).

@@ -1,4 +1,4 @@
-//! What the driver keeps in ZFS itself (DESIGN.md section 3): user properties set atomically
+//! What the driver keeps in ZFS itself (docs/DESIGN.md section 3): user properties given
 //! when a dataset, zvol or snapshot is created, and read back to answer any later RPC, so the
 //! driver needs no database and survives restarts and crashes at any point.
 

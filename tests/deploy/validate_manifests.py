@@ -33,7 +33,7 @@ OWN_SCHEMAS = {
 }
 
 # The StorageClass parameters the driver understands (OpenEBS ZFS-LocalPV's names,
-# DESIGN.md section 5). The controller rejects any other key, so a typo here would
+# docs/DESIGN.md section 5). The controller rejects any other key, so a typo here would
 # only surface as a Pending PVC.
 STORAGECLASS_PARAMETERS = {
     "poolname", "fstype", "recordsize", "volblocksize", "compression", "dedup",
