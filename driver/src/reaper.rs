@@ -77,7 +77,7 @@ impl Reaper {
             match self.delete_if_owned(name).await? {
                 OwnedDelete::Destroyed { origin } => {
                     tracing::info!(volume = %name, "destroyed");
-                    self.reap_origin(origin.as_deref()).await;
+                    self.reap_origin(origin.as_deref(), name).await;
                     return Ok(Deleted::Destroyed);
                 }
                 // Our own internal snapshots left by an interrupted clone do not keep a volume.
@@ -142,16 +142,28 @@ impl Reaper {
         let mut reaped = false;
         for snapshot in snapshots.iter().map(|d| SnapshotInfo::from_dataset(d, &self.driver.name)) {
             if let Ok(snap) = SnapshotName::parse(&snapshot.name) {
-                reaped |= self.reap_internal_snapshot(&snap, &snapshot).await;
+                reaped |= self.reap_internal_snapshot(&snap, &snapshot, None).await;
             }
         }
         Ok(reaped)
     }
 
-    async fn reap_internal_snapshot(&self, name: &SnapshotName, info: &SnapshotInfo) -> bool {
+    /// `holding`: the volume whose lock the caller holds (a clone being deleted).
+    async fn reap_internal_snapshot(&self, name: &SnapshotName, info: &SnapshotInfo, holding: Option<&DatasetName>) -> bool {
         if !(info.managed && info.internal && info.clones.is_empty()) {
             return false;
         }
+        // The CreateVolume it was taken for may be between the snapshot and the clone right
+        // now: it holds the clone's lock, and then the snapshot is not garbage yet.
+        let clone = info.clone_for.clone().unwrap_or_default();
+        let _clone_lock = if holding.is_some_and(|h| h.as_str() == clone) {
+            None
+        } else {
+            match self.driver.lock_within(LockKey::Volume(clone), Duration::ZERO).await {
+                Some(lock) => Some(lock),
+                None => return false,
+            }
+        };
         match self.driver.zfs.destroy_snapshot(name, Destroy::DeferWhileCloned).await {
             Ok(()) | Err(ZfsError::NotFound(_)) => {
                 tracing::info!(snapshot = %name, "reaped an internal clone snapshot that no clone uses");
@@ -164,9 +176,10 @@ impl Reaper {
         }
     }
 
-    /// After a clone went: its internal origin snapshot goes too, and the origin's volume if
-    /// it was deleted and this was its last dependent. Failures are left to the next pass.
-    pub async fn reap_origin(&self, origin: Option<&str>) {
+    /// After the clone `clone` went (its lock held by the caller): its internal origin
+    /// snapshot goes too, and the origin's volume if it was deleted and this was its last
+    /// dependent. Failures are left to the next pass.
+    pub async fn reap_origin(&self, origin: Option<&str>, clone: &DatasetName) {
         let Some(origin) = origin.and_then(|o| SnapshotName::parse(o).ok()) else {
             return;
         };
@@ -175,7 +188,7 @@ impl Reaper {
         }
         match self.driver.zfs.find(&origin, SNAPSHOT_PROPERTIES).await {
             Ok(Some(d)) => {
-                self.reap_internal_snapshot(&origin, &SnapshotInfo::from_dataset(&d, &self.driver.name)).await;
+                self.reap_internal_snapshot(&origin, &SnapshotInfo::from_dataset(&d, &self.driver.name), Some(clone)).await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(snapshot = %origin, "cannot read the origin of a destroyed clone: {e}"),
@@ -202,9 +215,8 @@ impl Reaper {
         match self.delete_if_owned(name).await {
             Ok(OwnedDelete::Destroyed { origin }) => {
                 tracing::info!(volume = %name, "destroyed a deleted volume with its last dependent");
-                drop(_lock);
                 // A chain of clones: the origin of this one may be waiting too.
-                Box::pin(self.reap_origin(origin.as_deref())).await;
+                Box::pin(self.reap_origin(origin.as_deref(), name)).await;
                 true
             }
             Ok(_) => false,
@@ -242,7 +254,7 @@ impl Reaper {
             for snapshot in &snapshots {
                 let info = SnapshotInfo::from_dataset(snapshot, &self.driver.name);
                 if let Ok(name) = SnapshotName::parse(&info.name) {
-                    if self.reap_internal_snapshot(&name, &info).await {
+                    if self.reap_internal_snapshot(&name, &info, None).await {
                         reaped += 1;
                     }
                 }

@@ -169,6 +169,8 @@ pub struct SnapshotInfo {
     pub deferred_destroy: bool,
     /// Taken by the driver to clone a volume; not a user's snapshot.
     pub internal: bool,
+    /// For an internal snapshot: the clone it was taken for (its volume ID).
+    pub clone_for: Option<String>,
 }
 
 impl SnapshotInfo {
@@ -185,6 +187,7 @@ impl SnapshotInfo {
                 .unwrap_or_default(),
             deferred_destroy: dataset.get("defer_destroy") == Some("on"),
             internal: own_property(dataset, prop::CLONE_OF_VOLUME).is_some(),
+            clone_for: own_property(dataset, prop::CLONE_OF_VOLUME).map(str::to_string),
         }
     }
 
