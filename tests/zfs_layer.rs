@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use zfs_csi::process::ProcessRunner;
 use zfs_csi::zfs::{DatasetName, DatasetType, Depth, Destroy, PropertySource, SnapshotName, Zfs, ZfsError};
-use zfs_csi_tests::{dataset_exists, unique, wait_for_zvol_link, zfs as cli, zfs_get};
+use zfs_csi_tests::{dataset_exists, umount_retrying, unique, wait_for_zvol_link, zfs as cli, zfs_get};
 
 const POOLS: [&str; 3] = ["ai", "vms", "tank"];
 
@@ -250,7 +250,7 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
     std::fs::write(dir.path().join("f"), b"kept").unwrap();
     assert_eq!(delete(&mounted, "zfs-csi.io").await, OwnedDelete::Refused(16));
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"kept", "the mount and its data are untouched");
-    nix::mount::umount(dir.path()).unwrap();
+    umount_retrying(dir.path());
     assert_eq!(delete(&mounted, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: None });
 
     let zvol = name("ai", "zvol");

@@ -227,6 +227,20 @@ pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Unmounts `path` as a test's own setup step. EBUSY is retried for a while: while another
+/// test thread forks a child (the driver, mkfs), the child holds a copy of every open file
+/// descriptor until it execs, and a file just closed here may be one of them.
+pub fn umount_retrying(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match nix::mount::umount(path) {
+            Ok(()) => return,
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("umount {}: {e}", path.display()),
+        }
+    }
+}
+
 pub fn is_mount_point(path: &Path) -> bool {
     zfs_csi::mount::mount_at(path).expect("mountinfo").is_some()
 }
