@@ -259,6 +259,17 @@ impl Zfs {
         depth: Depth,
         types: &[DatasetType],
     ) -> Result<Vec<Dataset>> {
+        self.get_many(&[target.zfs_name()], properties, depth, types).await
+    }
+
+    /// `zfs get` of several datasets in one command (one process, however many).
+    pub async fn get_many(
+        &self,
+        targets: &[String],
+        properties: &[&str],
+        depth: Depth,
+        types: &[DatasetType],
+    ) -> Result<Vec<Dataset>> {
         let mut args = strings(["get", "-H", "-p", "-o", "name,property,value,source"]);
         match depth {
             Depth::Itself => {}
@@ -270,7 +281,7 @@ impl Zfs {
             args.extend(["-t".to_string(), types.join(",")]);
         }
         args.push(properties.join(","));
-        args.push(target.zfs_name());
+        args.extend(targets.iter().cloned());
         let command = format!("zfs {}", args.join(" "));
         let output = self.zfs(args).await?;
         types::parse_get_output(&output).map_err(|reason| ZfsError::Parse { command, reason })
