@@ -39,6 +39,7 @@ for line in sys.stdin:
   while read -r name exe; do cp "$exe" "$share/tests/$name"; done
 echo "   test binaries: $(ls "$share/tests" | tr '\n' ' ')"
 cp hack/vm/run-tests.sh "$share/run.sh"
+cp hack/vm/container-launch.sh deploy/base/node.yaml "$share/"
 [ -z "${TEST_FILTER:-}" ] || sed -i "1a export TEST_FILTER='$TEST_FILTER'" "$share/run.sh"
 
 status=0

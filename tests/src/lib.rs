@@ -56,8 +56,23 @@ impl DriverProcess {
         Self::start_on(dir, socket, extra_args).await
     }
 
+    /// Starts the driver as the DaemonSet runs it: in a mount namespace of its own, in a root
+    /// without the ZFS userland, reaching the host's `zfs` through nsenter into the mount
+    /// namespace of `host_pid` (see hack/vm/container-launch.sh; only inside the test VM).
+    pub async fn start_in_container(parents: &str, host_pid: u32) -> Self {
+        let launcher = std::env::var_os("ZFS_CSI_CONTAINER_LAUNCH")
+            .expect("ZFS_CSI_CONTAINER_LAUNCH: the deployed-shape tests run in the VM, through hack/test.sh");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("csi.sock");
+        Self::launch(Some((PathBuf::from(launcher), host_pid)), dir, socket, &["--parents", parents]).await
+    }
+
     /// Starts the driver on `socket` (kept in `dir`, which lives as long as the process).
     pub async fn start_on(dir: tempfile::TempDir, socket: PathBuf, extra_args: &[&str]) -> Self {
+        Self::launch(None, dir, socket, extra_args).await
+    }
+
+    async fn launch(container: Option<(PathBuf, u32)>, dir: tempfile::TempDir, socket: PathBuf, extra_args: &[&str]) -> Self {
         let mut args = vec![
             format!("--endpoint=unix://{}", socket.display()),
             format!("--node-id={NODE_ID}"),
@@ -66,7 +81,15 @@ impl DriverProcess {
         args.extend(extra_args.iter().map(|s| s.to_string()));
         // Test volumes are staged and published in temporary directories: they stand for the
         // kubelet directory (a test's own --kubelet-dir flag overrides this).
-        let child = Command::new(driver_binary())
+        let mut command = match &container {
+            Some((launcher, host_pid)) => {
+                let mut c = Command::new(launcher);
+                c.env("ZFS_CSI_HOST_PID", host_pid.to_string());
+                c
+            }
+            None => Command::new(driver_binary()),
+        };
+        let child = command
             .args(&args)
             .env("KUBELET_DIR", std::env::temp_dir())
             .stdin(Stdio::null())
