@@ -6,7 +6,8 @@
 #              cross-document checks; then every kustomization built (kubectl
 #              kustomize, from the pinned kubectl wheel in the venv) with and without
 #              the components in deploy/components, and each build validated the
-#              same way (tests/deploy/render_kustomizations.py);
+#              same way (tests/deploy/render_kustomizations.py); and the
+#              Containerfile's COPY sources, stages and packages (no image is built);
 #   flags      the zfs-csi container's args and env, run through the real binary
 #              (${ZFS_CSI_BIN:-target/debug/zfs-csi} ... --print-config).
 # Usage: hack/validate-deploy.sh [manifests|flags|all]   (default all)
@@ -42,6 +43,9 @@ if [ "$step" != flags ]; then
   echo "==> kustomize builds of every kustomization under deploy/, with and without the components"
   "$py" tests/deploy/render_kustomizations.py --kubectl "$VENV/bin/kubectl" \
     --kubernetes-version "$K8S_VERSION" --schemas tests/deploy/schemas deploy || status=1
+
+  echo "==> deploy/Containerfile against the build context (the repository root), without building it"
+  "$py" tests/deploy/check_containerfile.py --context . deploy/Containerfile || status=1
 fi
 
 if [ "$step" != manifests ]; then
