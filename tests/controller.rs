@@ -530,6 +530,29 @@ async fn get_capacity_reports_the_parents_free_space_in_this_nodes_topology() {
 
 #[tokio::test]
 #[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn sizes_below_the_minimum_volume_size_are_raised_to_it_and_get_capacity_reports_it() {
+    let d = driver().await;
+    for (cap, size_prop) in [(mount_capability(""), "refquota"), (block_capability(), "volsize")] {
+        // A refquota of 1 byte: ZFS answers "out of space", a retry never helps.
+        let v = d.create(create_request(&unique("pvc-tiny"), "ai", cap, 1)).await;
+        assert_eq!(v.capacity_bytes, MIB);
+        assert_eq!(prop(&v.volume_id, size_prop), MIB.to_string());
+        d.delete(&v.volume_id).await;
+    }
+    let mut req = create_request(&unique("pvc-tiny"), "ai", mount_capability(""), 1);
+    req.capacity_range = capacity(1, 4096);
+    let message = expect_code(d.controller().create_volume(req).await, Code::OutOfRange);
+    assert!(message.contains("minimum"), "{message}");
+    let mut c = d.controller();
+    let minimum = |pairs: &[(&str, &str)]| csi::GetCapacityRequest { parameters: params(pairs), ..Default::default() };
+    let got = c.get_capacity(minimum(&[("poolname", "ai")])).await.unwrap().into_inner();
+    assert_eq!(got.minimum_volume_size, Some(MIB));
+    let got = c.get_capacity(minimum(&[("poolname", "ai"), ("volblocksize", "16M")])).await.unwrap().into_inner();
+    assert_eq!(got.minimum_volume_size, Some(16 * MIB));
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
 async fn validate_volume_capabilities_confirms_what_fits_and_not_found_otherwise() {
     let d = driver().await;
     let fs = d.create(create_request(&unique("pvc-vvc"), "vms", mount_capability(""), 32 * MIB)).await;

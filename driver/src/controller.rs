@@ -21,6 +21,12 @@ use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, O
 
 /// Capacity of a volume when the request gives none.
 const DEFAULT_CAPACITY: u64 = 1 << 30;
+/// The smallest volume: a smaller `refquota` is below what an empty dataset already holds
+/// (`zfs create -o refquota=1` fails "out of space", a retry can never fix), and a
+/// filesystem on a zvol needs room for its own metadata. A multiple of every volblocksize up
+/// to 1 MiB. Smaller requests get this size (CSI lets a volume be larger than required);
+/// GetCapacity reports it as `minimum_volume_size`.
+const MIN_VOLUME_SIZE: u64 = 1 << 20;
 /// A zvol's size must be a multiple of its volblocksize. Without an explicit one we round to
 /// 16 KiB, the default since OpenZFS 2.2 and a multiple of 2.1's 8 KiB.
 const DEFAULT_ZVOL_GRANULE: u64 = 16 << 10;
@@ -125,9 +131,9 @@ fn round_up(value: u64, granule: u64) -> Option<u64> {
     value.div_ceil(granule).checked_mul(granule)
 }
 
-/// The capacity to provision (CSI CapacityRange semantics): at least `required_bytes`, at most
-/// `limit_bytes`, rounded up to `granule`, `default` when the range names no size;
-/// OUT_OF_RANGE when no such size exists.
+/// The capacity to provision (CSI CapacityRange semantics): at least `required_bytes` and
+/// `MIN_VOLUME_SIZE`, at most `limit_bytes`, rounded up to `granule`, `default` when the range
+/// names no size; OUT_OF_RANGE when no such size exists.
 fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, default: u64) -> Result<u64, Status> {
     let (required, limit) = range.map(|r| (r.required_bytes, r.limit_bytes)).unwrap_or((0, 0));
     if required < 0 || limit < 0 {
@@ -145,12 +151,13 @@ fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, default
         default.min(limit)
     } else {
         default
-    }
-    .max(granule);
-    let size = round_up(wanted, granule).ok_or_else(|| Status::out_of_range("capacity_range: too large"))?;
+    };
+    let size = round_up(wanted.max(MIN_VOLUME_SIZE), granule)
+        .ok_or_else(|| Status::out_of_range("capacity_range: too large"))?;
     if limit > 0 && size > limit {
         return Err(Status::out_of_range(format!(
-            "capacity_range: {wanted} bytes rounded up to the block size {granule} is {size}, above limit_bytes {limit}"
+            "capacity_range: {wanted} bytes, raised to the minimum volume size {MIN_VOLUME_SIZE} and rounded up to \
+             the block size {granule}, is {size}, above limit_bytes {limit}"
         )));
     }
     if size > i64::MAX as u64 {
@@ -903,10 +910,12 @@ impl Controller for ControllerService {
             }
         }
         .min(i64::MAX as u64) as i64;
+        // A zvol class with a volblocksize above the minimum rounds every size up to it.
+        let minimum = MIN_VOLUME_SIZE.max(params.volblocksize.unwrap_or(0)).min(i64::MAX as u64) as i64;
         Ok(Response::new(csi::GetCapacityResponse {
             available_capacity: available,
             maximum_volume_size: Some(available),
-            minimum_volume_size: None,
+            minimum_volume_size: Some(minimum),
         }))
     }
 
@@ -1150,13 +1159,25 @@ mod tests {
     #[test]
     fn capacity_defaults_rounds_and_respects_limits() {
         const D: u64 = DEFAULT_CAPACITY;
+        const M: u64 = MIN_VOLUME_SIZE;
         assert_eq!(capacity_from_range(None, 1, D).unwrap(), D);
-        assert_eq!(capacity_from_range(None, 1, 12345).unwrap(), 12345, "a clone defaults to its source's size");
-        assert_eq!(capacity_from_range(Some(&range(1000, 0)), 16384, D).unwrap(), 16384);
-        assert_eq!(capacity_from_range(Some(&range(0, 4096)), 1, D).unwrap(), 4096);
+        assert_eq!(capacity_from_range(None, 1, 12345 * M).unwrap(), 12345 * M, "a clone defaults to its source's size");
+        assert_eq!(capacity_from_range(Some(&range(M as i64 + 1, 0)), 16384, D).unwrap(), M + 16384);
+        assert_eq!(capacity_from_range(Some(&range(0, 4 * M as i64)), 1, D).unwrap(), 4 * M);
         assert_eq!(capacity_from_range(Some(&range(1 << 30, 1 << 30)), 16384, D).unwrap(), 1 << 30);
+        assert_eq!(capacity_from_range(Some(&range(1, 0)), 1, D).unwrap(), M, "raised to the minimum");
+        assert_eq!(capacity_from_range(Some(&range(1000, 0)), 16384, D).unwrap(), M);
+        assert_eq!(capacity_from_range(None, 16 << 20, D).unwrap(), D, "a multiple of a 16M block");
+        assert_eq!(capacity_from_range(Some(&range(1, 0)), 16 << 20, D).unwrap(), 16 << 20);
+        for (required, limit) in [(1000, 2000), (0, 4096), (1, M as i64 - 1)] {
+            assert_eq!(
+                capacity_from_range(Some(&range(required, limit)), 1, D).unwrap_err().code(),
+                tonic::Code::OutOfRange,
+                "{required}..{limit} is below the minimum volume size"
+            );
+        }
         assert_eq!(
-            capacity_from_range(Some(&range(1000, 2000)), 16384, D).unwrap_err().code(),
+            capacity_from_range(Some(&range(M as i64 + 1, M as i64 + 2)), 16384, D).unwrap_err().code(),
             tonic::Code::OutOfRange
         );
         assert_eq!(
