@@ -379,6 +379,155 @@ async fn clones_from_snapshot_and_volume_are_instant_zfs_clones_and_can_grow() {
     }
 }
 
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn zvol_clones_keep_the_origins_volblocksize_and_are_rounded_to_it() {
+    let d = driver().await;
+    let class = |extra: &[(&str, &str)]| {
+        let mut p = params(&[("poolname", "vms")]);
+        p.extend(params(extra));
+        p
+    };
+    let mut req = create_request(&unique("pvc-vbs"), "vms", block_capability(), 32 * MIB);
+    req.parameters = class(&[("volblocksize", "64k")]);
+    let source = d.create(req).await;
+    assert_eq!(prop(&source.volume_id, "volblocksize"), "65536");
+    let snap = d.snapshot(&source.volume_id, &unique("snap-vbs")).await;
+    let mut clones = Vec::new();
+    // Restore and clone with the class the source was made with (OpenEBS classes often set
+    // volblocksize): equal values are fine.
+    for content in [snapshot_source(&snap.snapshot_id), volume_source(&source.volume_id)] {
+        let mut req = create_request(&unique("pvc-vbs-same"), "vms", block_capability(), 0);
+        req.parameters = class(&[("volblocksize", "64k")]);
+        req.volume_content_source = content;
+        let v = d.create(req).await;
+        assert_eq!(prop(&v.volume_id, "volblocksize"), "65536");
+        assert_eq!(v.capacity_bytes, 32 * MIB);
+        clones.push(v.volume_id);
+    }
+    // Without volblocksize in the class: the size is rounded to the origin's 64 KiB, which
+    // the clone keeps, not to the 16 KiB a new zvol would get.
+    let mut req = create_request(&unique("pvc-vbs-round"), "vms", block_capability(), 100 * MIB + 1);
+    req.volume_content_source = snapshot_source(&snap.snapshot_id);
+    let v = d.create(req.clone()).await;
+    assert_eq!(v.capacity_bytes, 100 * MIB + 64 * 1024);
+    assert_eq!(prop(&v.volume_id, "volsize"), (100 * MIB + 64 * 1024).to_string());
+    assert_eq!(d.create(req).await, v, "the retry is the same clone");
+    clones.push(v.volume_id);
+    // Another volblocksize: refused, saying so, with nothing made.
+    let mut req = create_request(&unique("pvc-vbs-other"), "vms", block_capability(), 0);
+    req.parameters = class(&[("volblocksize", "16k")]);
+    req.volume_content_source = snapshot_source(&snap.snapshot_id);
+    let message = expect_code(d.controller().create_volume(req.clone()).await, Code::InvalidArgument);
+    assert!(message.contains("volblocksize=16384") && message.contains("65536"), "{message}");
+    assert!(!dataset_exists(&format!("vms/{}", req.name)));
+    for id in clones {
+        d.delete(&id).await;
+    }
+    d.delete_snapshot(&snap.snapshot_id).await;
+    d.delete(&source.volume_id).await;
+    assert!(!dataset_exists(&source.volume_id));
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn encrypted_volumes_restore_with_their_class_and_refuse_a_conflicting_one() {
+    let d = driver().await;
+    let key = format!("/tmp/{}.key", unique("zfs-csi"));
+    std::fs::write(&key, format!("{}\n", "0123456789abcdef".repeat(4))).unwrap();
+    let location = format!("file://{key}");
+    let class = |extra: &[(&str, &str)]| {
+        let mut p = params(&[("poolname", "ai")]);
+        p.extend(params(extra));
+        p
+    };
+    let encrypted = class(&[("encryption", "on"), ("keyformat", "hex"), ("keylocation", &location)]);
+    let make = |source: Option<csi::VolumeContentSource>, parameters: std::collections::HashMap<String, String>| {
+        let mut req = create_request(&unique("pvc-enc"), "ai", mount_capability(""), 32 * MIB);
+        req.parameters = parameters;
+        req.volume_content_source = source;
+        req
+    };
+    let source = d.create(make(None, encrypted.clone())).await;
+    assert_eq!(prop(&source.volume_id, "encryption"), "aes-256-gcm");
+    assert_eq!(prop(&source.volume_id, "encryptionroot"), source.volume_id);
+    let snap = d.snapshot(&source.volume_id, &unique("snap-enc")).await;
+    // The class it was made with: a restore, a clone, and a clone of the restore (whose key
+    // is its encryption root's); a class without encryption: encrypted all the same.
+    let restored = d.create(make(snapshot_source(&snap.snapshot_id), encrypted.clone())).await;
+    let cloned = d.create(make(volume_source(&source.volume_id), encrypted.clone())).await;
+    let second = d.create(make(volume_source(&restored.volume_id), encrypted.clone())).await;
+    let plain = d.create(make(snapshot_source(&snap.snapshot_id), class(&[]))).await;
+    for v in [&restored, &cloned, &second, &plain] {
+        assert_eq!(prop(&v.volume_id, "encryption"), "aes-256-gcm", "{}", v.volume_id);
+        assert_eq!(prop(&v.volume_id, "encryptionroot"), source.volume_id);
+    }
+    // A class that contradicts the source: refused, naming the property.
+    let other_key = class(&[("encryption", "on"), ("keyformat", "hex"), ("keylocation", "file:///tmp/other.key")]);
+    for (parameters, property) in [(class(&[("encryption", "off")]), "encryption=off"), (other_key, "keylocation")] {
+        let req = make(snapshot_source(&snap.snapshot_id), parameters);
+        let message = expect_code(d.controller().create_volume(req.clone()).await, Code::InvalidArgument);
+        assert!(message.contains(property), "{message}");
+        assert!(!dataset_exists(&format!("ai/{}", req.name)));
+    }
+    for v in [&second, &cloned, &plain, &restored] {
+        d.delete(&v.volume_id).await;
+    }
+    d.delete_snapshot(&snap.snapshot_id).await;
+    d.delete(&source.volume_id).await;
+    assert!(!dataset_exists(&source.volume_id));
+    std::fs::remove_file(&key).unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn thick_zvol_clones_reserve_their_size_like_a_thick_volume() {
+    let d = driver().await;
+    let reserved = |id: &str| prop(id, "refreservation").parse::<u64>().unwrap();
+    let source = d.create(create_request(&unique("pvc-thick"), "tank", block_capability(), 32 * MIB)).await;
+    let thick64 = d.create(create_request(&unique("pvc-thick64"), "tank", block_capability(), 64 * MIB)).await;
+    let snap = d.snapshot(&source.volume_id, &unique("snap-thick")).await;
+    let clone = |bytes: i64, thin: bool| {
+        let mut req = create_request(&unique("pvc-thick-clone"), "tank", block_capability(), bytes);
+        req.volume_content_source = snapshot_source(&snap.snapshot_id);
+        if thin {
+            req.parameters.insert("thinprovision".into(), "yes".into());
+        }
+        req
+    };
+    let same = d.create(clone(0, false)).await;
+    assert_eq!(reserved(&same.volume_id), reserved(&source.volume_id), "as reserved as a thick volume of its size");
+    let grown = d.create(clone(64 * MIB, false)).await;
+    assert_eq!(reserved(&grown.volume_id), reserved(&thick64.volume_id));
+    let thin = d.create(clone(0, true)).await;
+    assert_eq!(reserved(&thin.volume_id), 0);
+    for v in [&same, &grown, &thin, &thick64] {
+        d.delete(&v.volume_id).await;
+    }
+    d.delete_snapshot(&snap.snapshot_id).await;
+    d.delete(&source.volume_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn clone_of_a_foreign_filesystem_larger_than_the_request_is_out_of_range() {
+    let d = driver().await;
+    let media = format!("ai/{}", unique("media"));
+    zfs(&["create", &media]);
+    write_incompressible(std::path::Path::new(&format!("/{media}/data")), 4 << 20);
+    // ZFS itself answers "out of space" to a clone whose refquota is below what it
+    // references: a message every retry would get again.
+    let mut req = create_request(&unique("pvc-media"), "ai", mount_capability(""), 2 * MIB);
+    req.volume_content_source = volume_source(&media);
+    let message = expect_code(d.controller().create_volume(req.clone()).await, Code::OutOfRange);
+    assert!(message.contains("references"), "{message}");
+    assert!(!dataset_exists(&format!("ai/{}", req.name)));
+    assert!(!dataset_exists(&format!("{media}@clone-{}", req.name)), "no snapshot taken for it");
+    req.capacity_range = capacity(16 * MIB, 0);
+    let v = d.create(req).await;
+    d.delete(&v.volume_id).await;
+    zfs(&["destroy", "-r", &media]);
+}
 
 // ---- Deletion with dependents ---------------------------------------------------------------
 

@@ -181,3 +181,22 @@ async fn clone_errors_get_the_spec_codes() {
     d.delete_snapshot(&snap.snapshot_id).await;
     d.delete(&source.volume_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn a_clone_that_fails_after_zfs_clone_leaves_nothing_behind() {
+    let d = driver().await;
+    let source = d.create(create_request(&unique("pvc-half"), "tank", block_capability(), 32 * MIB)).await;
+    let snap = d.snapshot(&source.volume_id, &unique("snap-half")).await;
+    let before = zfs_inventory();
+    // A thick zvol clone larger than the pool: `zfs clone` succeeds, growing it cannot.
+    for content in [snapshot_source(&snap.snapshot_id), volume_source(&source.volume_id)] {
+        let mut req = create_request(&unique("pvc-half-clone"), "tank", block_capability(), 100 * GIB);
+        req.volume_content_source = content;
+        expect_code(d.controller().create_volume(req).await, Code::ResourceExhausted);
+        assert_eq!(zfs_inventory(), before, "the half-made clone, or the snapshot taken for it, was left behind");
+    }
+    d.delete_snapshot(&snap.snapshot_id).await;
+    d.delete(&source.volume_id).await;
+}
+

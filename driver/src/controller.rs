@@ -15,9 +15,9 @@ use crate::capability::{self, AccessType};
 use crate::csi::{self, controller_server::Controller, controller_service_capability, volume_content_source};
 use crate::driver::Driver;
 use crate::errors::{missing, zfs_status};
-use crate::params::{FsType, QuotaType, VolumeParams};
+use crate::params::{same_setting, FsType, QuotaType, VolumeParams};
 use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
-use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, OwnedDestroy, Properties, SnapshotName, ZfsError};
+use crate::zfs::{validate_component, Dataset, DatasetName, DatasetType, Depth, Destroy, OwnedDestroy, Properties, SnapshotName, ZfsError};
 
 /// Capacity of a volume when the request gives none.
 const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -27,8 +27,9 @@ const DEFAULT_CAPACITY: u64 = 1 << 30;
 /// to 1 MiB. Smaller requests get this size (CSI lets a volume be larger than required);
 /// GetCapacity reports it as `minimum_volume_size`.
 const MIN_VOLUME_SIZE: u64 = 1 << 20;
-/// A zvol's size must be a multiple of its volblocksize. Without an explicit one we round to
-/// 16 KiB, the default since OpenZFS 2.2 and a multiple of 2.1's 8 KiB.
+/// A new zvol's size must be a multiple of its volblocksize. Without an explicit one we round
+/// to 16 KiB, the default since OpenZFS 2.2 and a multiple of 2.1's 8 KiB. A clone's size is
+/// rounded to its origin's volblocksize instead, which it keeps.
 const DEFAULT_ZVOL_GRANULE: u64 = 16 << 10;
 
 pub struct ControllerService {
@@ -50,7 +51,6 @@ struct VolumeRequest {
     zvol_fstype: Option<FsType>,
     capacity: u64,
     range: Option<csi::CapacityRange>,
-    granule: u64,
     params: VolumeParams,
     source: Option<ContentSource>,
 }
@@ -81,12 +81,26 @@ impl VolumeRequest {
             origin: None,
         }
     }
+
+    /// The granule a size is rounded to: a zvol's volblocksize (its origin's for a clone).
+    fn granule(&self, origin: Option<&CloneOrigin>) -> u64 {
+        match (self.kind, origin.and_then(|o| o.volblocksize)) {
+            (VolumeKind::Filesystem, _) => 1,
+            (VolumeKind::Zvol, Some(block)) => block,
+            (VolumeKind::Zvol, None) => self.params.volblocksize.unwrap_or(DEFAULT_ZVOL_GRANULE),
+        }
+    }
 }
 
 /// The snapshot a clone is made from, and what it was taken of.
 struct CloneOrigin {
     snapshot: SnapshotName,
     capacity: u64,
+    /// The origin zvol's volblocksize, which the clone keeps; `None` for a filesystem.
+    volblocksize: Option<u64>,
+    /// Bytes the source volume references, for a volume source: a clone's `refquota` cannot
+    /// be below it.
+    referenced: Option<u64>,
     /// For a volume source: the driver's own snapshot still to be taken, with its properties.
     take_snapshot: Option<Properties>,
 }
@@ -126,6 +140,10 @@ fn content_source_from_property(value: &str) -> Option<csi::VolumeContentSource>
     };
     Some(source.to_csi())
 }
+
+/// Read with a clone source's volume: the properties a clone takes from its origin and
+/// cannot have otherwise, and what it references.
+const SOURCE_PROPERTIES: &[&str] = &["volblocksize", "encryption", "keyformat", "keylocation", "encryptionroot", "referenced"];
 
 fn round_up(value: u64, granule: u64) -> Option<u64> {
     value.div_ceil(granule).checked_mul(granule)
@@ -310,11 +328,6 @@ impl ControllerService {
         if kind == VolumeKind::Filesystem && params.volblocksize.is_some() {
             return Err(Status::invalid_argument("volblocksize applies to zvols only (block or ext4/xfs/btrfs)"));
         }
-        let granule = match kind {
-            VolumeKind::Zvol => params.volblocksize.unwrap_or(DEFAULT_ZVOL_GRANULE),
-            VolumeKind::Filesystem => 1,
-        };
-        let capacity = capacity_from_range(req.capacity_range.as_ref(), granule, DEFAULT_CAPACITY)?;
         let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
             Some(volume_content_source::Type::Snapshot(s)) => Some(ContentSource::Snapshot(
@@ -331,22 +344,27 @@ impl ControllerService {
         let name = parent
             .child(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
-        Ok(VolumeRequest {
+        let mut request = VolumeRequest {
             csi_name: req.name.clone(),
             name,
             kind,
             zvol_fstype,
-            capacity,
+            capacity: 0,
             range: req.capacity_range,
-            granule,
             params,
             source,
-        })
+        };
+        // A clone's size is settled once its source is known (`create_volume`); the range is
+        // checked here all the same, in the spec's order.
+        request.capacity = capacity_from_range(request.range.as_ref(), request.granule(None), DEFAULT_CAPACITY)?;
+        Ok(request)
     }
 
     /// Properties set at creation: our state, then the StorageClass's ZFS properties that
-    /// differ from the parent's effective values (equal ones stay inherited).
-    async fn creation_properties(&self, request: &VolumeRequest) -> Result<Properties, Status> {
+    /// differ from the parent's effective values (equal ones stay inherited). A clone gets no
+    /// creation-only properties (it has its origin's, which `resolve_source` compared with the
+    /// class) and, when thick, the reservation `zfs create -V` gives a zvol by itself.
+    async fn creation_properties(&self, request: &VolumeRequest, origin: Option<&CloneOrigin>) -> Result<Properties, Status> {
         let mut props: Properties = Vec::new();
         let mut push = |k: &str, v: String| props.push((k.to_string(), v));
         push(prop::MANAGED_BY, self.driver.name.clone());
@@ -391,8 +409,10 @@ impl ControllerService {
                 }
             }
         }
-        for (key, value) in request.params.encryption_properties() {
-            props.push((key.to_string(), value));
+        if origin.is_none() {
+            for (key, value) in request.params.creation_only_properties() {
+                props.push((key.to_string(), value));
+            }
         }
         if request.kind == VolumeKind::Filesystem {
             // The node mounts datasets itself (`mount -t zfs`), never ZFS automount.
@@ -405,8 +425,10 @@ impl ControllerService {
             if !request.params.thin {
                 props.push((quota.1.to_string(), request.capacity.to_string()));
             }
-        } else if let Some(block) = request.params.volblocksize {
-            props.push(("volblocksize".to_string(), block.to_string()));
+        } else if origin.is_some() && !request.params.thin {
+            // "auto": the reservation libzfs gives a non-sparse `zfs create -V`, for the
+            // origin's volsize; a larger clone gets it again with its new size (`resize`).
+            props.push(("refreservation".to_string(), "auto".to_string()));
         }
         Ok(props)
     }
@@ -490,46 +512,78 @@ impl ControllerService {
     }
 
     /// Finds the snapshot a clone comes from: the given one, or for a volume source the one
-    /// the driver will take of it (marked internal). NOT_FOUND when the source is gone.
+    /// the driver will take of it (marked internal). NOT_FOUND when the source is gone;
+    /// INVALID_ARGUMENT for a snapshot the driver did not take (the CSI spec's "source
+    /// incompatible or not supported") and for a class that conflicts with the source
+    /// (`check_clone_source`).
     async fn resolve_source(&self, request: &VolumeRequest, source: &ContentSource) -> Result<CloneOrigin, Status> {
-        let origin = match source {
+        match source {
             ContentSource::Snapshot(snapshot) => {
                 let info = self
                     .snapshot_info(snapshot)
                     .await?
-                    .filter(|s| !s.deferred_destroy)
+                    .filter(|s| !s.deferred_destroy && !s.internal)
                     .ok_or_else(|| Status::not_found(format!("source snapshot {snapshot} does not exist")))?;
-                let volume = self.driver.volume(snapshot.dataset()).await?.ok_or_else(|| {
+                if !info.managed {
+                    return Err(Status::invalid_argument(format!(
+                        "source snapshot {snapshot} was not taken by this driver ({} is not set on it): \
+                         only the driver's own snapshots are restored",
+                        prop::MANAGED_BY
+                    )));
+                }
+                let (volume, dataset) = self.source_volume(snapshot.dataset()).await?.ok_or_else(|| {
                     Status::not_found(format!("the volume of source snapshot {snapshot} does not exist"))
                 })?;
-                self.check_clone_source(request, snapshot, volume.kind)?;
-                let capacity = if info.size_bytes > 0 { info.size_bytes } else { volume.capacity };
-                CloneOrigin { snapshot: snapshot.clone(), capacity, take_snapshot: None }
+                self.check_clone_source(request, snapshot, &volume, &dataset).await?;
+                Ok(CloneOrigin {
+                    snapshot: snapshot.clone(),
+                    capacity: if info.size_bytes > 0 { info.size_bytes } else { volume.capacity },
+                    volblocksize: dataset.get_u64("volblocksize"),
+                    referenced: None,
+                    take_snapshot: None,
+                })
             }
             ContentSource::Volume(name) => {
-                let volume = self
-                    .driver
-                    .volume(name)
+                let (volume, dataset) = self
+                    .source_volume(name)
                     .await?
-                    .filter(|v| !v.deleted)
+                    .filter(|(v, _)| !v.deleted)
                     .ok_or_else(|| Status::not_found(format!("source volume {name} does not exist")))?;
                 let snapshot = name
                     .snapshot(&format!("clone-{}", request.csi_name))
                     .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", request.csi_name)))?;
-                self.check_clone_source(request, &snapshot, volume.kind)?;
+                self.check_clone_source(request, &snapshot, &volume, &dataset).await?;
                 let props: Properties = vec![
                     (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
                     (prop::CLONE_OF_VOLUME.to_string(), request.name.to_string()),
                     (prop::CAPACITY.to_string(), volume.capacity.to_string()),
                 ];
-                CloneOrigin { snapshot, capacity: volume.capacity, take_snapshot: Some(props) }
+                Ok(CloneOrigin {
+                    snapshot,
+                    capacity: volume.capacity,
+                    volblocksize: dataset.get_u64("volblocksize"),
+                    referenced: dataset.get_u64("referenced"),
+                    take_snapshot: Some(props),
+                })
             }
-        };
-        Ok(origin)
+        }
+    }
+
+    /// A clone source's volume, with the properties its clones inherit (`SOURCE_PROPERTIES`).
+    async fn source_volume(&self, name: &DatasetName) -> Result<Option<(VolumeInfo, Dataset)>, Status> {
+        let properties: Vec<&str> = VOLUME_PROPERTIES.iter().chain(SOURCE_PROPERTIES).copied().collect();
+        let dataset = self
+            .driver
+            .zfs
+            .find(name, &properties)
+            .await
+            .map_err(|e| zfs_status(&format!("reading source volume {name}"), e))?;
+        Ok(dataset.and_then(|d| VolumeInfo::from_dataset(&d, &self.driver.name).map(|v| (v, d))))
     }
 
     /// Clones `origin` as `request.name` (taking the driver's snapshot of a volume source
-    /// first), then grows the clone to the requested size; returns the clone.
+    /// first), then grows the clone to the requested size; returns the clone. Whatever fails
+    /// after `zfs clone` destroys the half-made clone again before the error is answered.
     async fn create_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, props: &Properties) -> Result<VolumeInfo, Status> {
         let zfs = &self.driver.zfs;
         if request.capacity < origin.capacity {
@@ -538,17 +592,42 @@ impl ControllerService {
                 request.capacity, origin.capacity
             )));
         }
-        if let Some(snapshot_props) = &origin.take_snapshot {
-            match zfs.snapshot(&origin.snapshot, snapshot_props).await {
-                Ok(()) => {}
-                // Left by an interrupted earlier attempt for this same clone.
-                Err(ZfsError::AlreadyExists(_)) => {}
-                Err(e) => return Err(zfs_status(&format!("snapshotting source volume {}", origin.snapshot.dataset()), e)),
+        if let Some(referenced) = origin.referenced.filter(|&r| r > request.capacity) {
+            if request.kind == VolumeKind::Filesystem && request.params.quota_type == QuotaType::RefQuota {
+                return Err(Status::out_of_range(format!(
+                    "the source {} references {referenced} bytes, more than the requested {} bytes: a clone's \
+                     refquota cannot be below what it references; ask for at least {referenced} bytes",
+                    origin.snapshot.dataset(),
+                    request.capacity
+                )));
             }
         }
-        zfs.clone_snapshot(&origin.snapshot, &request.name, props).await.map_err(|e| {
-            zfs_status(&format!("cloning {} into volume {}", origin.snapshot, request.name), e)
-        })?;
+        let took_snapshot = match &origin.take_snapshot {
+            None => false,
+            Some(snapshot_props) => match zfs.snapshot(&origin.snapshot, snapshot_props).await {
+                Ok(()) => true,
+                // Left by an interrupted earlier attempt for this same clone.
+                Err(ZfsError::AlreadyExists(_)) => false,
+                Err(e) => return Err(zfs_status(&format!("snapshotting source volume {}", origin.snapshot.dataset()), e)),
+            },
+        };
+        if let Err(e) = zfs.clone_snapshot(&origin.snapshot, &request.name, props).await {
+            if took_snapshot {
+                self.discard_internal_snapshot(&origin.snapshot).await;
+            }
+            return Err(zfs_status(&format!("cloning {} into volume {}", origin.snapshot, request.name), e));
+        }
+        match self.finish_clone(request).await {
+            Ok(created) => Ok(created),
+            Err(status) => {
+                self.discard_half_made_clone(request, origin, took_snapshot).await;
+                Err(status)
+            }
+        }
+    }
+
+    /// Reads a new clone back and grows it to the requested size.
+    async fn finish_clone(&self, request: &VolumeRequest) -> Result<VolumeInfo, Status> {
         let mut created = self.driver.volume(&request.name).await?.ok_or_else(|| {
             Status::internal(format!("clone {} is missing right after its creation", request.name))
         })?;
@@ -560,7 +639,38 @@ impl ControllerService {
         Ok(created)
     }
 
-    fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, kind: VolumeKind) -> Result<(), Status> {
+    /// Destroys a clone whose creation failed after `zfs clone`, if it carries our marker set
+    /// on itself, and the internal snapshot taken for it. Failures are only logged: the RPC
+    /// answers with the error that brought it here, and a retry finds what is left.
+    async fn discard_half_made_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, took_snapshot: bool) {
+        match self.driver.volume(&request.name).await {
+            Ok(Some(clone)) if clone.managed => match self.driver.zfs.destroy_dataset(&request.name).await {
+                Ok(()) | Err(ZfsError::NotFound(_)) => tracing::info!(volume = %request.name, "half-made clone destroyed"),
+                Err(e) => return tracing::warn!(volume = %request.name, "cannot destroy the half-made clone: {e}"),
+            },
+            Ok(Some(_)) => return tracing::warn!(volume = %request.name, "half-made clone without our marker: left in place"),
+            Ok(None) => {}
+            Err(status) => {
+                return tracing::warn!(volume = %request.name, "cannot read the half-made clone: {}", status.message())
+            }
+        }
+        if took_snapshot {
+            self.discard_internal_snapshot(&origin.snapshot).await;
+        }
+    }
+
+    /// Destroys the internal snapshot this request took, when its clone was not made.
+    async fn discard_internal_snapshot(&self, snapshot: &SnapshotName) {
+        match self.driver.zfs.destroy_snapshot(snapshot, Destroy::Now).await {
+            Ok(()) | Err(ZfsError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(snapshot = %snapshot, "cannot destroy the snapshot taken for a failed clone: {e}"),
+        }
+    }
+
+    /// INVALID_ARGUMENT when `origin` (of `volume`, read as `dataset`) cannot be cloned for
+    /// `request`: another pool, another kind, or creation-only properties in the class that
+    /// differ from the source's (a clone keeps its origin's; equal values are fine).
+    async fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, volume: &VolumeInfo, dataset: &Dataset) -> Result<(), Status> {
         if origin.dataset().pool() != request.name.pool() {
             return Err(Status::invalid_argument(format!(
                 "the source {origin} is in pool {}, the new volume in pool {}: ZFS clones stay within a pool",
@@ -568,14 +678,49 @@ impl ControllerService {
                 request.name.pool()
             )));
         }
-        if kind != request.kind {
+        if volume.kind != request.kind {
             return Err(Status::invalid_argument(format!(
                 "the source {origin} is a {} but the request asks for a {}",
-                kind.as_str(),
+                volume.kind.as_str(),
                 request.kind.as_str()
             )));
         }
+        let mut conflicts = Vec::new();
+        for (property, wanted) in request.params.creation_only_properties() {
+            let actual = match property {
+                "keylocation" => self.key_location(dataset).await?,
+                _ => dataset.get(property).unwrap_or("-").to_string(),
+            };
+            if !same_setting(property, &wanted, &actual) {
+                conflicts.push(format!("{property}={wanted} (the source has {actual})"));
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the StorageClass sets creation-only properties that differ from the source {}'s: {}; a clone \
+                 keeps its source's, so use a class that leaves them out or matches them",
+                origin.dataset(),
+                conflicts.join(", ")
+            )));
+        }
         Ok(())
+    }
+
+    /// Where the key of `dataset` is: the `keylocation` of its encryption root (a dataset
+    /// that is not its own root shows `none`); `none` when it is not encrypted.
+    async fn key_location(&self, dataset: &Dataset) -> Result<String, Status> {
+        let own = dataset.get("keylocation").unwrap_or("none").to_string();
+        let root = match dataset.get("encryptionroot").map(DatasetName::parse) {
+            Some(Ok(root)) if root.as_str() != dataset.name => root,
+            _ => return Ok(own),
+        };
+        let root_dataset = self
+            .driver
+            .zfs
+            .get_one(&root, &["keylocation"])
+            .await
+            .map_err(|e| zfs_status(&format!("reading the key location of {root}"), e))?;
+        Ok(root_dataset.get("keylocation").unwrap_or("none").to_string())
     }
 
     /// Destroys a volume the driver created, or, while snapshots or clones depend on it, marks
@@ -714,13 +859,15 @@ impl Controller for ControllerService {
         let origin = match &request.source {
             Some(source) => {
                 let origin = self.resolve_source(&request, source).await?;
-                // Without a size, a clone is as large as its source.
-                request.capacity = capacity_from_range(request.range.as_ref(), request.granule, origin.capacity)?;
+                // Without a size, a clone is as large as its source; a zvol clone's size is a
+                // multiple of its origin's volblocksize, which it keeps.
+                let granule = request.granule(Some(&origin));
+                request.capacity = capacity_from_range(request.range.as_ref(), granule, origin.capacity)?;
                 Some(origin)
             }
             None => None,
         };
-        let props = self.creation_properties(&request).await?;
+        let props = self.creation_properties(&request, origin.as_ref()).await?;
         let zfs = &self.driver.zfs;
         let what = format!("creating volume {}", request.name);
         // A plain volume is answered from the request (everything in it was set by
