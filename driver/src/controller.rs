@@ -810,24 +810,17 @@ impl ControllerService {
             .map(|d| SnapshotInfo::from_dataset(&d, &self.driver.name)))
     }
 
-    /// Every snapshot below the configured parents whose short name is `short_name`.
-    async fn snapshots_named(&self, short_name: &str) -> Result<Vec<String>, Status> {
-        let mut found = Vec::new();
-        for parent in &self.driver.parents {
-            let snapshots = self
-                .driver
-                .zfs
-                .get(parent, &["type"], Depth::All, &[DatasetType::Snapshot])
-                .await
-                .map_err(|e| zfs_status(&format!("listing the snapshots of {parent}"), e))?;
-            found.extend(
-                snapshots
-                    .into_iter()
-                    .filter(|d| d.name.split_once('@').is_some_and(|(_, s)| s == short_name))
-                    .map(|d| d.name),
-            );
+    /// CreateSnapshot's answer when the snapshot it would take exists: that snapshot if this
+    /// driver took it for the request `csi_name` (and it is not being deleted),
+    /// ALREADY_EXISTS otherwise.
+    fn existing_snapshot(&self, info: &SnapshotInfo, csi_name: &str) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        if !info.managed || info.csi_name.as_deref() != Some(csi_name) || info.deferred_destroy {
+            return Err(Status::already_exists(format!(
+                "snapshot {} already exists and was not made by this driver for this request",
+                info.name
+            )));
         }
-        Ok(found)
+        Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(info)) }))
     }
 
     /// The driver's volumes and snapshots below all parents (nested parents listed once).
@@ -1124,19 +1117,42 @@ impl Controller for ControllerService {
             .snapshot(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
         let _lock = self.driver.lock(&format!("snapshot {}", req.name))?;
-        for existing in self.snapshots_named(&req.name).await? {
-            if existing != snapshot.to_string() {
-                return Err(Status::already_exists(format!(
-                    "snapshot name {} is already used by {existing}, of another volume",
-                    req.name
-                )));
-            }
-        }
-        let volume = self
+        // The volumes below the parents, then the name looked up on each of them: a cost that
+        // grows with the datasets, never with the snapshots they have (sanoid's thousands).
+        let datasets = self
+            .list_below_parents(VOLUME_PROPERTIES, &[DatasetType::Filesystem, DatasetType::Volume])
+            .await?;
+        let volumes: Vec<VolumeInfo> = datasets
+            .iter()
+            .filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name))
+            .filter(|v| self.driver.is_within_parents(&v.name))
+            .collect();
+        let mut candidates = vec![snapshot.to_string()];
+        candidates.extend(volumes.iter().filter(|v| v.name != source).map(|v| format!("{}@{}", v.name, req.name)));
+        let same_name: Vec<SnapshotInfo> = self
             .driver
-            .volume(&source)
-            .await?
-            .filter(|v| !v.deleted)
+            .zfs
+            .get_existing(&candidates, SNAPSHOT_PROPERTIES)
+            .await
+            .map_err(|e| zfs_status(&format!("looking up snapshot name {}", req.name), e))?
+            .iter()
+            .map(|d| SnapshotInfo::from_dataset(d, &self.driver.name))
+            .collect();
+        // A retry finds its snapshot before anything about the source is checked: since the
+        // first attempt (whose reply was lost), the source may have been deleted, and is then
+        // only kept, hidden, for this very snapshot.
+        if let Some(existing) = same_name.iter().find(|s| s.name == candidates[0]) {
+            return self.existing_snapshot(existing, &req.name);
+        }
+        if let Some(other) = same_name.iter().find(|s| s.is_listed() && s.csi_name.as_deref() == Some(req.name.as_str())) {
+            return Err(Status::already_exists(format!(
+                "snapshot name {} is already used by {}, of another volume",
+                req.name, other.name
+            )));
+        }
+        let volume = volumes
+            .into_iter()
+            .find(|v| v.name == source && !v.deleted)
             .ok_or_else(|| Status::not_found(format!("source volume {source} does not exist")))?;
         let props: Properties = vec![
             (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
@@ -1152,12 +1168,7 @@ impl Controller for ControllerService {
             .snapshot_info(&snapshot)
             .await?
             .ok_or_else(|| Status::internal(format!("snapshot {snapshot} is missing right after its creation")))?;
-        if !info.managed || info.csi_name.as_deref() != Some(req.name.as_str()) || info.deferred_destroy {
-            return Err(Status::already_exists(format!(
-                "snapshot {snapshot} already exists and was not made by this driver for this request"
-            )));
-        }
-        Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(&info)) }))
+        self.existing_snapshot(&info, &req.name)
     }
 
     async fn delete_snapshot(
@@ -1252,11 +1263,9 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let not_found = || Status::not_found(format!("snapshot {} does not exist", req.snapshot_id));
         let snapshot = self.driver.snapshot_name(&req.snapshot_id)?.ok_or_else(not_found)?;
-        let info = self
-            .snapshot_info(&snapshot)
-            .await?
-            .filter(|s| !s.deferred_destroy && !s.internal)
-            .ok_or_else(not_found)?;
+        // Only what ListSnapshots lists: not a snapshot the driver did not take (sanoid's, the
+        // operator's), nor its internal or deleted ones.
+        let info = self.snapshot_info(&snapshot).await?.filter(SnapshotInfo::is_listed).ok_or_else(not_found)?;
         Ok(Response::new(csi::GetSnapshotResponse { snapshot: Some(csi_snapshot(&info)) }))
     }
 

@@ -10,7 +10,7 @@ pub use error::ZfsError;
 pub use name::{validate_component, DatasetName, NameError, SnapshotName};
 pub use types::{Dataset, DatasetType, Pool, PropertySource, PropertyValue};
 
-use crate::process::{ProcessError, ProcessRunner};
+use crate::process::{Finished, ProcessError, ProcessRunner};
 
 /// Properties given to `zfs create/snapshot/clone -o` or `zfs set`, in order.
 pub type Properties = Vec<(String, String)>;
@@ -130,15 +130,20 @@ impl Zfs {
     }
 
     async fn run_with_input(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<String> {
-        let finished = self.runner.run_with_input(program, args, input).await.map_err(|e| match e {
-            ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
-            ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
-        })?;
+        let finished = self.run_to_end(program, args, input).await?;
         if finished.success() {
             Ok(finished.stdout)
         } else {
             Err(ZfsError::from_stderr(finished.command, finished.stderr))
         }
+    }
+
+    /// Runs a command to its end, successful or not; an error only when it could not run.
+    async fn run_to_end(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<Finished> {
+        self.runner.run_with_input(program, args, input).await.map_err(|e| match e {
+            ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
+            ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
+        })
     }
 
     async fn zfs(&self, args: Vec<String>) -> Result<String> {
@@ -273,6 +278,33 @@ impl Zfs {
         let command = format!("zfs {}", args.join(" "));
         let output = self.zfs(args).await?;
         types::parse_get_output(&output).map_err(|reason| ZfsError::Parse { command, reason })
+    }
+
+    /// The properties of those of `targets` that exist, in one command per 256 targets: a
+    /// lookup of known names costs one open each, however many other snapshots the datasets
+    /// have. `zfs get` reports a missing target on standard error and carries on with the
+    /// others; any other error fails the call.
+    pub async fn get_existing(&self, targets: &[String], properties: &[&str]) -> Result<Vec<Dataset>> {
+        let mut found = Vec::new();
+        for chunk in targets.chunks(256) {
+            let mut args = strings(["get", "-H", "-p", "-o", "name,property,value,source"]);
+            args.push(properties.join(","));
+            args.extend(chunk.iter().cloned());
+            let command = format!("zfs {}", args.join(" "));
+            let finished = self.run_to_end("zfs", &args, None).await?;
+            if !finished.success() {
+                let other = finished
+                    .stderr
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .find(|l| !ZfsError::from_stderr(command.clone(), l.to_string()).is_not_found());
+                if let Some(line) = other {
+                    return Err(ZfsError::from_stderr(finished.command, line.to_string()));
+                }
+            }
+            found.extend(types::parse_get_output(&finished.stdout).map_err(|reason| ZfsError::Parse { command, reason })?);
+        }
+        Ok(found)
     }
 
     /// The properties of one dataset or snapshot; `NotFound` when it does not exist.
