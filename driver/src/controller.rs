@@ -17,7 +17,10 @@ use crate::driver::Driver;
 use crate::errors::{missing, zfs_status};
 use crate::params::{same_setting, FsType, QuotaType, VolumeParams};
 use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
-use crate::zfs::{validate_component, Dataset, DatasetName, DatasetType, Depth, Destroy, OwnedDestroy, Properties, SnapshotName, ZfsError};
+use crate::zfs::{
+    validate_component, Dataset, DatasetName, DatasetType, Depth, Destroy, OwnedDestroy, Properties, PropertySource,
+    SnapshotName, ZfsError,
+};
 
 /// Capacity of a volume when the request gives none.
 const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -31,6 +34,11 @@ const MIN_VOLUME_SIZE: u64 = 1 << 20;
 /// to 16 KiB, the default since OpenZFS 2.2 and a multiple of 2.1's 8 KiB. A clone's size is
 /// rounded to its origin's volblocksize instead, which it keeps.
 const DEFAULT_ZVOL_GRANULE: u64 = 16 << 10;
+/// The most an unmarked dataset may have `written` and still count as empty, to be adopted
+/// (`adoption_refusal`): an empty filesystem holds 24 KiB of metadata on a pool with 512-byte
+/// sectors, 96 KiB with 4 KiB sectors, more with encryption (87 KiB at 512 bytes), raidz
+/// or `copies`; an empty zvol less; a new clone nothing.
+const PRISTINE_WRITTEN: u64 = 1 << 20;
 
 pub struct ControllerService {
     driver: Arc<Driver>,
@@ -64,21 +72,22 @@ impl VolumeRequest {
         }
     }
 
-    /// The volume as just created from this request: everything in it was set atomically by
-    /// `zfs create -o`, so reading it back would only cost a command.
-    fn created_volume(&self) -> VolumeInfo {
+    /// The volume as just made from this request: everything in it was given to the
+    /// `zfs create -o` that succeeded (or set on adoption), so reading it back would only
+    /// cost a command.
+    fn created_volume(&self, origin: Option<&SnapshotName>) -> VolumeInfo {
         VolumeInfo {
             name: self.name.clone(),
             kind: self.kind,
             managed: true,
             csi_name: Some(self.csi_name.clone()),
             capacity: self.capacity,
-            content_source: None,
+            content_source: self.source.as_ref().map(ContentSource::to_property),
             parameters: Some(canonical_parameters(&self.params.storage_class)),
             fstype: Some(self.fstype_property().to_string()),
             shared: self.params.shared,
             deleted: false,
-            origin: None,
+            origin: origin.map(SnapshotName::to_string),
         }
     }
 
@@ -144,6 +153,74 @@ fn content_source_from_property(value: &str) -> Option<csi::VolumeContentSource>
 /// Read with a clone source's volume: the properties a clone takes from its origin and
 /// cannot have otherwise, and what it references.
 const SOURCE_PROPERTIES: &[&str] = &["volblocksize", "encryption", "keyformat", "keylocation", "encryptionroot", "referenced"];
+
+/// Why `dataset`, found without our marker at the name `request` derives, is not what a
+/// `zfs create -o` or `zfs clone -o` of this request leaves when a power loss cuts it between
+/// its two sync tasks (see `adopt`); `None` when it is. Such a leftover has none of our
+/// properties; locally set only what the first sync task sets (`volsize`, an encryption
+/// root's `keylocation`) and what the second sets one by one before the rest (quotas and
+/// reservations), each with the request's value; the creation-only properties the class
+/// asks for; the requested origin exactly when it is a clone; and next to nothing written.
+/// Nothing received. (Snapshots and children are the caller's check.)
+fn adoption_refusal(dataset: &Dataset, request: &VolumeRequest, origin: Option<&SnapshotName>, props: &Properties) -> Option<String> {
+    let kind = match dataset.dataset_type() {
+        Some(DatasetType::Filesystem) => VolumeKind::Filesystem,
+        Some(DatasetType::Volume) => VolumeKind::Zvol,
+        _ => return Some("it is neither a filesystem nor a volume".into()),
+    };
+    if kind != request.kind {
+        return Some(format!("it is a {}, the request asks for a {}", kind.as_str(), request.kind.as_str()));
+    }
+    let found_origin = dataset.get("origin").filter(|o| *o != "-");
+    let wanted_origin = origin.map(SnapshotName::to_string);
+    if found_origin != wanted_origin.as_deref() {
+        return Some(match (found_origin, wanted_origin) {
+            (Some(found), Some(wanted)) => format!("it is a clone of {found}, not of {wanted}"),
+            (Some(found), None) => format!("it is a clone of {found}"),
+            (None, _) => "it is not a clone".into(),
+        });
+    }
+    match dataset.get_u64("written") {
+        Some(written) if written <= PRISTINE_WRITTEN => {}
+        Some(written) => return Some(format!("{written} bytes were written to it")),
+        None => return Some("its written bytes are unknown".into()),
+    }
+    for (name, value) in &dataset.properties {
+        match value.source {
+            PropertySource::Local => {}
+            PropertySource::Received => return Some(format!("it was received ({name} is a received property)")),
+            _ => continue,
+        }
+        if name.starts_with(prop::PREFIX) {
+            return Some(format!("it carries {name}={}", value.value));
+        }
+        let given = props.iter().any(|(k, v)| k == name && *v == value.value);
+        let from_creation = match name.as_str() {
+            "volsize" => match (kind, origin, value.value.parse::<u64>()) {
+                (VolumeKind::Zvol, None, Ok(size)) => size == request.capacity,
+                // A clone has its origin's size until it is grown.
+                (VolumeKind::Zvol, Some(_), Ok(size)) => size <= request.capacity,
+                _ => false,
+            },
+            // libzfs adds the reservation of a non-sparse zvol itself.
+            "refreservation" => kind == VolumeKind::Zvol && !request.params.thin,
+            "keylocation" => origin.is_none() && request.params.keylocation.as_deref() == Some(value.value.as_str()),
+            _ => false,
+        };
+        if !given && !from_creation {
+            return Some(format!("{name}={} is set on it", value.value));
+        }
+    }
+    if origin.is_none() {
+        for (property, wanted) in request.params.creation_only_properties() {
+            let actual = dataset.get(property).unwrap_or("-");
+            if !same_setting(property, &wanted, actual) {
+                return Some(format!("its {property} is {actual}, the class asks for {wanted}"));
+            }
+        }
+    }
+    None
+}
 
 fn round_up(value: u64, granule: u64) -> Option<u64> {
     value.div_ceil(granule).checked_mul(granule)
@@ -434,8 +511,9 @@ impl ControllerService {
     }
 
     /// A repeated CreateVolume: the same volume when the arguments are compatible, after
-    /// finishing a resize that a crash may have interrupted; ALREADY_EXISTS otherwise.
-    async fn existing_volume(&self, request: &VolumeRequest) -> Result<VolumeInfo, Status> {
+    /// finishing a resize that a crash may have interrupted; a dataset that a creation cut
+    /// short left without our properties is adopted (`adopt`); ALREADY_EXISTS otherwise.
+    async fn existing_volume(&self, request: &VolumeRequest, origin: Option<&CloneOrigin>, props: &Properties) -> Result<VolumeInfo, Status> {
         let conflict = |why: &str| {
             Status::already_exists(format!(
                 "volume {} already exists with {why}; use another name or the original arguments",
@@ -447,7 +525,10 @@ impl ControllerService {
             .volume(&request.name)
             .await?
             .ok_or_else(|| Status::aborted(format!("volume {} vanished while being created; retry", request.name)))?;
-        if !existing.managed || existing.csi_name.as_deref() != Some(request.csi_name.as_str()) {
+        if !existing.managed {
+            return self.adopt(request, origin, props).await;
+        }
+        if existing.csi_name.as_deref() != Some(request.csi_name.as_str()) {
             return Err(conflict("a dataset that this driver did not create for this request"));
         }
         if existing.deleted {
@@ -480,6 +561,60 @@ impl ControllerService {
             });
         }
         Ok(existing)
+    }
+
+    /// Adopts the dataset at the request's name, which carries no marker, if a creation for
+    /// this request that was cut short left it; ALREADY_EXISTS otherwise.
+    ///
+    /// `zfs create -o` and `zfs clone -o` are one ioctl but two sync tasks in OpenZFS: the
+    /// dataset is made in the first, its properties (our markers among them) are set in the
+    /// second. A power loss between the two leaves a dataset with exactly our derived name
+    /// and none of our properties, and every retry would answer ALREADY_EXISTS for ever. So
+    /// a dataset that is exactly such a leftover (`adoption_refusal`: no snapshots, no
+    /// children, next to nothing written, only properties the request itself gives, the
+    /// requested origin) gets the properties the creation would have set, and is the
+    /// volume. Anything else is somebody else's: refused, and never destroyed or changed.
+    async fn adopt(&self, request: &VolumeRequest, origin: Option<&CloneOrigin>, props: &Properties) -> Result<VolumeInfo, Status> {
+        let zfs = &self.driver.zfs;
+        let found = zfs
+            .get(&request.name, &["all"], Depth::Levels(1), &[])
+            .await
+            .map_err(|e| zfs_status(&format!("reading {}", request.name), e))?;
+        let dataset = found
+            .iter()
+            .find(|d| d.name == request.name.as_str())
+            .ok_or_else(|| Status::aborted(format!("volume {} vanished while being created; retry", request.name)))?;
+        let refusal = if found.len() > 1 {
+            Some("it has snapshots or child datasets".to_string())
+        } else {
+            adoption_refusal(dataset, request, origin.map(|o| &o.snapshot), props)
+        };
+        if let Some(why) = refusal {
+            return Err(Status::already_exists(format!(
+                "{} already exists and was not created by this driver for this request ({why}); it is left as it is: \
+                 use another name, or destroy or rename the dataset",
+                request.name
+            )));
+        }
+        // Creation-only properties were checked, and cannot be set; everything else is set as
+        // `zfs create -o` or `zfs clone -o` would have, with what the second sync task adds
+        // to a thick zvol and a larger clone.
+        let creation_only: Vec<&str> = request.params.creation_only_properties().iter().map(|(k, _)| *k).collect();
+        let mut set: Properties = props.iter().filter(|(k, _)| !creation_only.contains(&k.as_str())).cloned().collect();
+        if request.kind == VolumeKind::Zvol {
+            if dataset.get_u64("volsize").is_some_and(|size| size < request.capacity) {
+                set.push(("volsize".to_string(), request.capacity.to_string()));
+            }
+            if !request.params.thin && !set.iter().any(|(k, _)| k == "refreservation") {
+                set.push(("refreservation".to_string(), "auto".to_string()));
+            }
+        }
+        zfs.set(&request.name, &set)
+            .await
+            .map_err(|e| zfs_status(&format!("adopting {}", request.name), e))?;
+        tracing::warn!(volume = %request.name,
+            "found without our properties, as a creation cut short between its two sync tasks leaves it: adopted");
+        Ok(request.created_volume(origin.map(|o| &o.snapshot)))
     }
 
     /// Grows a clone to its requested capacity.
@@ -863,19 +998,19 @@ impl Controller for ControllerService {
         let props = self.creation_properties(&request, origin.as_ref()).await?;
         let zfs = &self.driver.zfs;
         let what = format!("creating volume {}", request.name);
-        // A plain volume is answered from the request (everything in it was set by
+        // A plain volume is answered from the request (everything in it was given to
         // `zfs create -o`); a clone as read back after cloning.
         let created = match (&origin, request.kind) {
             (Some(origin), _) => self.create_clone(&request, origin, &props).await,
             (None, VolumeKind::Filesystem) => zfs
                 .create_filesystem(&request.name, &props)
                 .await
-                .map(|()| request.created_volume())
+                .map(|()| request.created_volume(None))
                 .map_err(|e| zfs_status(&what, e)),
             (None, VolumeKind::Zvol) => zfs
                 .create_volume(&request.name, request.capacity, request.params.thin, &props)
                 .await
-                .map(|()| request.created_volume())
+                .map(|()| request.created_volume(None))
                 .map_err(|e| zfs_status(&what, e)),
         };
         let volume = match created {
@@ -883,7 +1018,9 @@ impl Controller for ControllerService {
                 tracing::info!(volume = %request.name, kind = request.kind.as_str(), capacity = request.capacity, "created");
                 volume
             }
-            Err(status) if status.code() == tonic::Code::AlreadyExists => self.existing_volume(&request).await?,
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                self.existing_volume(&request, origin.as_ref(), &props).await?
+            }
             Err(status) if status.code() == tonic::Code::NotFound && request.source.is_none() => {
                 return Err(Status::invalid_argument(format!(
                     "{}; does poolname {} exist?",
@@ -1365,6 +1502,100 @@ mod tests {
             assert_eq!(page(items.clone(), 2, bad).unwrap_err().code(), tonic::Code::Aborted, "{bad}");
         }
         assert_eq!(page(items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    fn request(kind: VolumeKind, pairs: &[(&str, &str)]) -> VolumeRequest {
+        let parameters = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        VolumeRequest {
+            csi_name: "pvc-1".into(),
+            name: DatasetName::parse("vms/pvc-1").unwrap(),
+            kind,
+            zvol_fstype: None,
+            capacity: 64 << 20,
+            range: None,
+            params: VolumeParams::parse(&parameters).unwrap(),
+            source: None,
+        }
+    }
+
+    /// `zfs get -p all` of a leftover: `(property, value, source)`.
+    fn leftover(props: &[(&str, &str, &str)]) -> Dataset {
+        Dataset {
+            name: "vms/pvc-1".into(),
+            properties: props
+                .iter()
+                .map(|(k, v, s)| {
+                    (k.to_string(), crate::zfs::PropertyValue { value: v.to_string(), source: PropertySource::parse(s) })
+                })
+                .collect(),
+        }
+    }
+
+    fn ours(pairs: &[(&str, &str)]) -> Properties {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_leftover_of_an_interrupted_creation_is_adoptable() {
+        let fs = request(VolumeKind::Filesystem, &[]);
+        let props = ours(&[(prop::MANAGED_BY, "zfs-csi.io"), ("mountpoint", "legacy"), ("refquota", "67108864")]);
+        let bare = [("type", "filesystem", "-"), ("origin", "-", "-"), ("written", "24576", "-"), ("compression", "lz4", "inherited from vms")];
+        assert_eq!(adoption_refusal(&leftover(&bare), &fs, None, &props), None);
+        // The second sync task sets quotas one by one before the rest.
+        let mut partial = bare.to_vec();
+        partial.push(("refquota", "67108864", "local"));
+        assert_eq!(adoption_refusal(&leftover(&partial), &fs, None, &props), None);
+
+        let zvol = request(VolumeKind::Zvol, &[("volblocksize", "64k"), ("encryption", "on"), ("keylocation", "file:///k")]);
+        let zvol_leftover = [
+            ("type", "volume", "-"),
+            ("written", "52224", "-"),
+            ("volsize", "67108864", "local"),
+            ("refreservation", "69206016", "local"),
+            ("volblocksize", "65536", "-"),
+            ("encryption", "aes-256-gcm", "-"),
+            ("keylocation", "file:///k", "local"),
+        ];
+        assert_eq!(adoption_refusal(&leftover(&zvol_leftover), &zvol, None, &Vec::new()), None);
+
+        let clone_of = SnapshotName::parse("vms/a@s").unwrap();
+        let clone = [("type", "volume", "-"), ("origin", "vms/a@s", "-"), ("written", "0", "-"), ("volsize", "33554432", "local")];
+        assert_eq!(adoption_refusal(&leftover(&clone), &request(VolumeKind::Zvol, &[]), Some(&clone_of), &Vec::new()), None);
+    }
+
+    #[test]
+    fn anything_but_such_a_leftover_is_refused() {
+        let fs = request(VolumeKind::Filesystem, &[]);
+        let props = ours(&[("mountpoint", "legacy"), ("refquota", "67108864")]);
+        let base = vec![("type", "filesystem", "-"), ("written", "24576", "-")];
+        let with = |extra: &[(&'static str, &'static str, &'static str)]| {
+            let mut all = base.clone();
+            all.extend_from_slice(extra);
+            leftover(&all)
+        };
+        let refused = |d: &Dataset, r: &VolumeRequest, origin: Option<&SnapshotName>| adoption_refusal(d, r, origin, &props);
+        assert!(refused(&with(&[("written", "52428800", "-")]), &fs, None).unwrap().contains("written"));
+        assert!(refused(&with(&[("compression", "zstd", "local")]), &fs, None).unwrap().contains("compression=zstd"));
+        assert!(refused(&with(&[("refquota", "1048576", "local")]), &fs, None).is_some(), "another size");
+        assert!(refused(&with(&[(prop::MANAGED_BY, "other.driver", "local")]), &fs, None).is_some());
+        assert!(refused(&with(&[("atime", "off", "received")]), &fs, None).unwrap().contains("received"));
+        assert!(refused(&with(&[("origin", "vms/x@y", "-")]), &fs, None).unwrap().contains("clone of vms/x@y"));
+        let wanted = SnapshotName::parse("vms/a@s").unwrap();
+        assert!(refused(&with(&[]), &fs, Some(&wanted)).unwrap().contains("not a clone"));
+        assert!(refused(&with(&[("origin", "vms/b@s", "-")]), &fs, Some(&wanted)).unwrap().contains("not of vms/a@s"));
+        let zvol = request(VolumeKind::Zvol, &[]);
+        assert!(refused(&with(&[]), &zvol, None).unwrap().contains("asks for a zvol"));
+        let zvol_leftover = |size: &'static str, block: &'static str| {
+            leftover(&[("type", "volume", "-"), ("written", "12288", "-"), ("volsize", size, "local"), ("volblocksize", block, "default")])
+        };
+        assert!(refused(&zvol_leftover("33554432", "16384"), &zvol, None).unwrap().contains("volsize"));
+        let big_blocks = request(VolumeKind::Zvol, &[("volblocksize", "64k")]);
+        assert!(refused(&zvol_leftover("67108864", "16384"), &big_blocks, None).unwrap().contains("volblocksize"));
+        let thin = request(VolumeKind::Zvol, &[("thinprovision", "yes")]);
+        let mut reserved = vec![("type", "volume", "-"), ("written", "12288", "-"), ("volsize", "67108864", "local")];
+        assert_eq!(refused(&leftover(&reserved), &thin, None), None);
+        reserved.push(("refreservation", "69206016", "local"));
+        assert!(refused(&leftover(&reserved), &thin, None).unwrap().contains("refreservation"));
     }
 
     #[test]

@@ -155,7 +155,10 @@ impl Zfs {
         Ok(self.zfs(strings(["version"])).await?.trim().replace('\n', ", "))
     }
 
-    /// `zfs create -o …`: the properties are set atomically with the creation.
+    /// `zfs create -o …`. One ioctl, but not one transaction: OpenZFS creates the dataset in
+    /// one sync task and sets the properties in a second (`zfs_ioc_create`: "It would be nice
+    /// to do this atomically"). A property ZFS refuses makes the ioctl destroy the new dataset
+    /// again; a power loss between the two sync tasks leaves it without any of `properties`.
     pub async fn create_filesystem(&self, name: &DatasetName, properties: &Properties) -> Result<()> {
         let mut args = strings(["create"]);
         args.extend(option_args(properties));
@@ -163,7 +166,9 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
-    /// `zfs create [-s] -V size -o …`.
+    /// `zfs create [-s] -V size -o …`: as `create_filesystem`, two sync tasks. `volsize`,
+    /// `volblocksize` and the encryption properties are part of the first; the rest,
+    /// including the `refreservation` libzfs adds for a non-sparse zvol, of the second.
     pub async fn create_volume(
         &self,
         name: &DatasetName,
@@ -181,6 +186,8 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
+    /// `zfs snapshot -o …`: atomic. The snapshot and its (user) properties are made in one
+    /// sync task (`dsl_dataset_snapshot_sync`), so a snapshot never exists without them.
     pub async fn snapshot(&self, snapshot: &SnapshotName, properties: &Properties) -> Result<()> {
         let mut args = strings(["snapshot"]);
         args.extend(option_args(properties));
@@ -188,6 +195,9 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
+    /// `zfs clone -o …`: as `create_filesystem`, two sync tasks (`zfs_ioc_clone`). A clone
+    /// takes its origin's set-once properties (`volblocksize`, encryption, `casesensitivity`,
+    /// …): ZFS refuses them here.
     pub async fn clone_snapshot(
         &self,
         origin: &SnapshotName,
