@@ -13,17 +13,32 @@ use crate::capability::{self, AccessType};
 use crate::csi::{self, controller_server::Controller, controller_service_capability, volume_content_source};
 use crate::driver::Driver;
 use crate::errors::{missing, zfs_status};
-use crate::params::{FsType, QuotaType, VolumeParams};
+use crate::params::{same_setting, FsType, QuotaType, VolumeParams};
 use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
 use crate::locks::LockKey;
 use crate::reaper::{Deleted, Reaper};
-use crate::zfs::{validate_component, DatasetName, DatasetType, Depth, Destroy, Properties, SnapshotName, ZfsError};
+use crate::zfs::{
+    validate_component, Dataset, DatasetName, DatasetType, Depth, Destroy, OwnedDelete, Properties, PropertySource,
+    SnapshotName, ZfsError,
+};
 
 /// Capacity of a volume when the request gives none.
 const DEFAULT_CAPACITY: u64 = 1 << 30;
-/// A zvol's size must be a multiple of its volblocksize. Without an explicit one we round to
-/// 16 KiB, the default since OpenZFS 2.2 and a multiple of 2.1's 8 KiB.
+/// The smallest volume: a smaller `refquota` is below what an empty dataset already holds
+/// (`zfs create -o refquota=1` fails "out of space", a retry can never fix), and a
+/// filesystem on a zvol needs room for its own metadata. A multiple of every volblocksize up
+/// to 1 MiB. Smaller requests get this size (CSI lets a volume be larger than required);
+/// GetCapacity reports it as `minimum_volume_size`.
+const MIN_VOLUME_SIZE: u64 = 1 << 20;
+/// A new zvol's size must be a multiple of its volblocksize. Without an explicit one we round
+/// to 16 KiB, the default since OpenZFS 2.2 and a multiple of 2.1's 8 KiB. A clone's size is
+/// rounded to its origin's volblocksize instead, which it keeps.
 const DEFAULT_ZVOL_GRANULE: u64 = 16 << 10;
+/// The most an unmarked dataset may have `written` and still count as empty, to be adopted
+/// (`adoption_refusal`): an empty filesystem holds 24 KiB of metadata on a pool with 512-byte
+/// sectors, 96 KiB with 4 KiB sectors, more with encryption (87 KiB at 512 bytes), raidz
+/// or `copies`; an empty zvol less; a new clone nothing.
+const PRISTINE_WRITTEN: u64 = 1 << 20;
 
 pub struct ControllerService {
     driver: Arc<Driver>,
@@ -45,7 +60,6 @@ struct VolumeRequest {
     zvol_fstype: Option<FsType>,
     capacity: u64,
     range: Option<csi::CapacityRange>,
-    granule: u64,
     params: VolumeParams,
     source: Option<ContentSource>,
 }
@@ -59,21 +73,31 @@ impl VolumeRequest {
         }
     }
 
-    /// The volume as just created from this request: everything in it was set atomically by
-    /// `zfs create -o`, so reading it back would only cost a command.
-    fn created_volume(&self) -> VolumeInfo {
+    /// The volume as just made from this request: everything in it was given to the
+    /// `zfs create -o` that succeeded (or set on adoption), so reading it back would only
+    /// cost a command.
+    fn created_volume(&self, origin: Option<&SnapshotName>) -> VolumeInfo {
         VolumeInfo {
             name: self.name.clone(),
             kind: self.kind,
             managed: true,
             csi_name: Some(self.csi_name.clone()),
             capacity: self.capacity,
-            content_source: None,
+            content_source: self.source.as_ref().map(ContentSource::to_property),
             parameters: Some(canonical_parameters(&self.params.storage_class)),
             fstype: Some(self.fstype_property().to_string()),
             shared: self.params.shared,
             deleted: false,
-            origin: None,
+            origin: origin.map(SnapshotName::to_string),
+        }
+    }
+
+    /// The granule a size is rounded to: a zvol's volblocksize (its origin's for a clone).
+    fn granule(&self, origin: Option<&CloneOrigin>) -> u64 {
+        match (self.kind, origin.and_then(|o| o.volblocksize)) {
+            (VolumeKind::Filesystem, _) => 1,
+            (VolumeKind::Zvol, Some(block)) => block,
+            (VolumeKind::Zvol, None) => self.params.volblocksize.unwrap_or(DEFAULT_ZVOL_GRANULE),
         }
     }
 }
@@ -82,6 +106,11 @@ impl VolumeRequest {
 struct CloneOrigin {
     snapshot: SnapshotName,
     capacity: u64,
+    /// The origin zvol's volblocksize, which the clone keeps; `None` for a filesystem.
+    volblocksize: Option<u64>,
+    /// Bytes the source volume references, for a volume source: a clone's `refquota` cannot
+    /// be below it.
+    referenced: Option<u64>,
     /// For a volume source: the driver's own snapshot still to be taken, with its properties.
     take_snapshot: Option<Properties>,
 }
@@ -122,13 +151,85 @@ fn content_source_from_property(value: &str) -> Option<csi::VolumeContentSource>
     Some(source.to_csi())
 }
 
+/// Read with a clone source's volume: the properties a clone takes from its origin and
+/// cannot have otherwise, and what it references.
+const SOURCE_PROPERTIES: &[&str] = &["volblocksize", "encryption", "keyformat", "keylocation", "encryptionroot", "referenced"];
+
+/// Why `dataset`, found without our marker at the name `request` derives, is not what a
+/// `zfs create -o` or `zfs clone -o` of this request leaves when a power loss cuts it between
+/// its two sync tasks (see `adopt`); `None` when it is. Such a leftover has none of our
+/// properties; locally set only what the first sync task sets (`volsize`, an encryption
+/// root's `keylocation`) and what the second sets one by one before the rest (quotas and
+/// reservations), each with the request's value; the creation-only properties the class
+/// asks for; the requested origin exactly when it is a clone; and next to nothing written.
+/// Nothing received. (Snapshots and children are the caller's check.)
+fn adoption_refusal(dataset: &Dataset, request: &VolumeRequest, origin: Option<&SnapshotName>, props: &Properties) -> Option<String> {
+    let kind = match dataset.dataset_type() {
+        Some(DatasetType::Filesystem) => VolumeKind::Filesystem,
+        Some(DatasetType::Volume) => VolumeKind::Zvol,
+        _ => return Some("it is neither a filesystem nor a volume".into()),
+    };
+    if kind != request.kind {
+        return Some(format!("it is a {}, the request asks for a {}", kind.as_str(), request.kind.as_str()));
+    }
+    let found_origin = dataset.get("origin").filter(|o| *o != "-");
+    let wanted_origin = origin.map(SnapshotName::to_string);
+    if found_origin != wanted_origin.as_deref() {
+        return Some(match (found_origin, wanted_origin) {
+            (Some(found), Some(wanted)) => format!("it is a clone of {found}, not of {wanted}"),
+            (Some(found), None) => format!("it is a clone of {found}"),
+            (None, _) => "it is not a clone".into(),
+        });
+    }
+    match dataset.get_u64("written") {
+        Some(written) if written <= PRISTINE_WRITTEN => {}
+        Some(written) => return Some(format!("{written} bytes were written to it")),
+        None => return Some("its written bytes are unknown".into()),
+    }
+    for (name, value) in &dataset.properties {
+        match value.source {
+            PropertySource::Local => {}
+            PropertySource::Received => return Some(format!("it was received ({name} is a received property)")),
+            _ => continue,
+        }
+        if name.starts_with(prop::PREFIX) {
+            return Some(format!("it carries {name}={}", value.value));
+        }
+        let given = props.iter().any(|(k, v)| k == name && *v == value.value);
+        let from_creation = match name.as_str() {
+            "volsize" => match (kind, origin, value.value.parse::<u64>()) {
+                (VolumeKind::Zvol, None, Ok(size)) => size == request.capacity,
+                // A clone has its origin's size until it is grown.
+                (VolumeKind::Zvol, Some(_), Ok(size)) => size <= request.capacity,
+                _ => false,
+            },
+            // libzfs adds the reservation of a non-sparse zvol itself.
+            "refreservation" => kind == VolumeKind::Zvol && !request.params.thin,
+            "keylocation" => origin.is_none() && request.params.keylocation.as_deref() == Some(value.value.as_str()),
+            _ => false,
+        };
+        if !given && !from_creation {
+            return Some(format!("{name}={} is set on it", value.value));
+        }
+    }
+    if origin.is_none() {
+        for (property, wanted) in request.params.creation_only_properties() {
+            let actual = dataset.get(property).unwrap_or("-");
+            if !same_setting(property, &wanted, actual) {
+                return Some(format!("its {property} is {actual}, the class asks for {wanted}"));
+            }
+        }
+    }
+    None
+}
+
 fn round_up(value: u64, granule: u64) -> Option<u64> {
     value.div_ceil(granule).checked_mul(granule)
 }
 
-/// The capacity to provision (CSI CapacityRange semantics): at least `required_bytes`, at most
-/// `limit_bytes`, rounded up to `granule`, `default` when the range names no size;
-/// OUT_OF_RANGE when no such size exists.
+/// The capacity to provision (CSI CapacityRange semantics): at least `required_bytes` and
+/// `MIN_VOLUME_SIZE`, at most `limit_bytes`, rounded up to `granule`, `default` when the range
+/// names no size; OUT_OF_RANGE when no such size exists.
 fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, default: u64) -> Result<u64, Status> {
     let (required, limit) = range.map(|r| (r.required_bytes, r.limit_bytes)).unwrap_or((0, 0));
     if required < 0 || limit < 0 {
@@ -146,12 +247,13 @@ fn capacity_from_range(range: Option<&csi::CapacityRange>, granule: u64, default
         default.min(limit)
     } else {
         default
-    }
-    .max(granule);
-    let size = round_up(wanted, granule).ok_or_else(|| Status::out_of_range("capacity_range: too large"))?;
+    };
+    let size = round_up(wanted.max(MIN_VOLUME_SIZE), granule)
+        .ok_or_else(|| Status::out_of_range("capacity_range: too large"))?;
     if limit > 0 && size > limit {
         return Err(Status::out_of_range(format!(
-            "capacity_range: {wanted} bytes rounded up to the block size {granule} is {size}, above limit_bytes {limit}"
+            "capacity_range: {wanted} bytes, raised to the minimum volume size {MIN_VOLUME_SIZE} and rounded up to \
+             the block size {granule}, is {size}, above limit_bytes {limit}"
         )));
     }
     if size > i64::MAX as u64 {
@@ -303,11 +405,6 @@ impl ControllerService {
         if kind == VolumeKind::Filesystem && params.volblocksize.is_some() {
             return Err(Status::invalid_argument("volblocksize applies to zvols only (block or ext4/xfs/btrfs)"));
         }
-        let granule = match kind {
-            VolumeKind::Zvol => params.volblocksize.unwrap_or(DEFAULT_ZVOL_GRANULE),
-            VolumeKind::Filesystem => 1,
-        };
-        let capacity = capacity_from_range(req.capacity_range.as_ref(), granule, DEFAULT_CAPACITY)?;
         let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
             Some(volume_content_source::Type::Snapshot(s)) => Some(ContentSource::Snapshot(
@@ -324,22 +421,27 @@ impl ControllerService {
         let name = parent
             .child(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
-        Ok(VolumeRequest {
+        let mut request = VolumeRequest {
             csi_name: req.name.clone(),
             name,
             kind,
             zvol_fstype,
-            capacity,
+            capacity: 0,
             range: req.capacity_range,
-            granule,
             params,
             source,
-        })
+        };
+        // A clone's size is settled once its source is known (`create_volume`); the range is
+        // checked here all the same, in the spec's order.
+        request.capacity = capacity_from_range(request.range.as_ref(), request.granule(None), DEFAULT_CAPACITY)?;
+        Ok(request)
     }
 
     /// Properties set at creation: our state, then the StorageClass's ZFS properties that
-    /// differ from the parent's effective values (equal ones stay inherited).
-    async fn creation_properties(&self, request: &VolumeRequest) -> Result<Properties, Status> {
+    /// differ from the parent's effective values (equal ones stay inherited). A clone gets no
+    /// creation-only properties (it has its origin's, which `resolve_source` compared with the
+    /// class) and, when thick, the reservation `zfs create -V` gives a zvol by itself.
+    async fn creation_properties(&self, request: &VolumeRequest, origin: Option<&CloneOrigin>) -> Result<Properties, Status> {
         let mut props: Properties = Vec::new();
         let mut push = |k: &str, v: String| props.push((k.to_string(), v));
         push(prop::MANAGED_BY, self.driver.name.clone());
@@ -384,8 +486,10 @@ impl ControllerService {
                 }
             }
         }
-        for (key, value) in request.params.encryption_properties() {
-            props.push((key.to_string(), value));
+        if origin.is_none() {
+            for (key, value) in request.params.creation_only_properties() {
+                props.push((key.to_string(), value));
+            }
         }
         if request.kind == VolumeKind::Filesystem {
             // The node mounts datasets itself (`mount -t zfs`), never ZFS automount.
@@ -398,15 +502,18 @@ impl ControllerService {
             if !request.params.thin {
                 props.push((quota.1.to_string(), request.capacity.to_string()));
             }
-        } else if let Some(block) = request.params.volblocksize {
-            props.push(("volblocksize".to_string(), block.to_string()));
+        } else if origin.is_some() && !request.params.thin {
+            // "auto": the reservation libzfs gives a non-sparse `zfs create -V`, for the
+            // origin's volsize; a larger clone gets it again with its new size (`resize`).
+            props.push(("refreservation".to_string(), "auto".to_string()));
         }
         Ok(props)
     }
 
     /// A repeated CreateVolume: the same volume when the arguments are compatible, after
-    /// finishing a resize that a crash may have interrupted; ALREADY_EXISTS otherwise.
-    async fn existing_volume(&self, request: &VolumeRequest) -> Result<VolumeInfo, Status> {
+    /// finishing a resize that a crash may have interrupted; a dataset that a creation cut
+    /// short left without our properties is adopted (`adopt`); ALREADY_EXISTS otherwise.
+    async fn existing_volume(&self, request: &VolumeRequest, origin: Option<&CloneOrigin>, props: &Properties) -> Result<VolumeInfo, Status> {
         let conflict = |why: &str| {
             Status::already_exists(format!(
                 "volume {} already exists with {why}; use another name or the original arguments",
@@ -418,7 +525,10 @@ impl ControllerService {
             .volume(&request.name)
             .await?
             .ok_or_else(|| Status::aborted(format!("volume {} vanished while being created; retry", request.name)))?;
-        if !existing.managed || existing.csi_name.as_deref() != Some(request.csi_name.as_str()) {
+        if !existing.managed {
+            return self.adopt(request, origin, props).await;
+        }
+        if existing.csi_name.as_deref() != Some(request.csi_name.as_str()) {
             return Err(conflict("a dataset that this driver did not create for this request"));
         }
         if existing.deleted {
@@ -453,6 +563,60 @@ impl ControllerService {
         Ok(existing)
     }
 
+    /// Adopts the dataset at the request's name, which carries no marker, if a creation for
+    /// this request that was cut short left it; ALREADY_EXISTS otherwise.
+    ///
+    /// `zfs create -o` and `zfs clone -o` are one ioctl but two sync tasks in OpenZFS: the
+    /// dataset is made in the first, its properties (our markers among them) are set in the
+    /// second. A power loss between the two leaves a dataset with exactly our derived name
+    /// and none of our properties, and every retry would answer ALREADY_EXISTS for ever. So
+    /// a dataset that is exactly such a leftover (`adoption_refusal`: no snapshots, no
+    /// children, next to nothing written, only properties the request itself gives, the
+    /// requested origin) gets the properties the creation would have set, and is the
+    /// volume. Anything else is somebody else's: refused, and never destroyed or changed.
+    async fn adopt(&self, request: &VolumeRequest, origin: Option<&CloneOrigin>, props: &Properties) -> Result<VolumeInfo, Status> {
+        let zfs = &self.driver.zfs;
+        let found = zfs
+            .get(&request.name, &["all"], Depth::Levels(1), &[])
+            .await
+            .map_err(|e| zfs_status(&format!("reading {}", request.name), e))?;
+        let dataset = found
+            .iter()
+            .find(|d| d.name == request.name.as_str())
+            .ok_or_else(|| Status::aborted(format!("volume {} vanished while being created; retry", request.name)))?;
+        let refusal = if found.len() > 1 {
+            Some("it has snapshots or child datasets".to_string())
+        } else {
+            adoption_refusal(dataset, request, origin.map(|o| &o.snapshot), props)
+        };
+        if let Some(why) = refusal {
+            return Err(Status::already_exists(format!(
+                "{} already exists and was not created by this driver for this request ({why}); it is left as it is: \
+                 use another name, or destroy or rename the dataset",
+                request.name
+            )));
+        }
+        // Creation-only properties were checked, and cannot be set; everything else is set as
+        // `zfs create -o` or `zfs clone -o` would have, with what the second sync task adds
+        // to a thick zvol and a larger clone.
+        let creation_only: Vec<&str> = request.params.creation_only_properties().iter().map(|(k, _)| *k).collect();
+        let mut set: Properties = props.iter().filter(|(k, _)| !creation_only.contains(&k.as_str())).cloned().collect();
+        if request.kind == VolumeKind::Zvol {
+            if dataset.get_u64("volsize").is_some_and(|size| size < request.capacity) {
+                set.push(("volsize".to_string(), request.capacity.to_string()));
+            }
+            if !request.params.thin && !set.iter().any(|(k, _)| k == "refreservation") {
+                set.push(("refreservation".to_string(), "auto".to_string()));
+            }
+        }
+        zfs.set(&request.name, &set)
+            .await
+            .map_err(|e| zfs_status(&format!("adopting {}", request.name), e))?;
+        tracing::warn!(volume = %request.name,
+            "found without our properties, as a creation cut short between its two sync tasks leaves it: adopted");
+        Ok(request.created_volume(origin.map(|o| &o.snapshot)))
+    }
+
     /// Grows a clone to its requested capacity.
     async fn resize(&self, volume: &VolumeInfo, capacity: u64, params: &VolumeParams) -> Result<(), Status> {
         let mut props: Properties = Vec::new();
@@ -483,46 +647,78 @@ impl ControllerService {
     }
 
     /// Finds the snapshot a clone comes from: the given one, or for a volume source the one
-    /// the driver will take of it (marked internal). NOT_FOUND when the source is gone.
+    /// the driver will take of it (marked internal). NOT_FOUND when the source is gone;
+    /// INVALID_ARGUMENT for a snapshot the driver did not take (the CSI spec's "source
+    /// incompatible or not supported") and for a class that conflicts with the source
+    /// (`check_clone_source`).
     async fn resolve_source(&self, request: &VolumeRequest, source: &ContentSource) -> Result<CloneOrigin, Status> {
-        let origin = match source {
+        match source {
             ContentSource::Snapshot(snapshot) => {
                 let info = self
                     .snapshot_info(snapshot)
                     .await?
-                    .filter(|s| !s.deferred_destroy)
+                    .filter(|s| !s.deferred_destroy && !s.internal)
                     .ok_or_else(|| Status::not_found(format!("source snapshot {snapshot} does not exist")))?;
-                let volume = self.driver.volume(snapshot.dataset()).await?.ok_or_else(|| {
+                if !info.managed {
+                    return Err(Status::invalid_argument(format!(
+                        "source snapshot {snapshot} was not taken by this driver ({} is not set on it): \
+                         only the driver's own snapshots are restored",
+                        prop::MANAGED_BY
+                    )));
+                }
+                let (volume, dataset) = self.source_volume(snapshot.dataset()).await?.ok_or_else(|| {
                     Status::not_found(format!("the volume of source snapshot {snapshot} does not exist"))
                 })?;
-                self.check_clone_source(request, snapshot, volume.kind)?;
-                let capacity = if info.size_bytes > 0 { info.size_bytes } else { volume.capacity };
-                CloneOrigin { snapshot: snapshot.clone(), capacity, take_snapshot: None }
+                self.check_clone_source(request, snapshot, &volume, &dataset).await?;
+                Ok(CloneOrigin {
+                    snapshot: snapshot.clone(),
+                    capacity: if info.size_bytes > 0 { info.size_bytes } else { volume.capacity },
+                    volblocksize: dataset.get_u64("volblocksize"),
+                    referenced: None,
+                    take_snapshot: None,
+                })
             }
             ContentSource::Volume(name) => {
-                let volume = self
-                    .driver
-                    .volume(name)
+                let (volume, dataset) = self
+                    .source_volume(name)
                     .await?
-                    .filter(|v| !v.deleted)
+                    .filter(|(v, _)| !v.deleted)
                     .ok_or_else(|| Status::not_found(format!("source volume {name} does not exist")))?;
                 let snapshot = name
                     .snapshot(&format!("clone-{}", request.csi_name))
                     .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", request.csi_name)))?;
-                self.check_clone_source(request, &snapshot, volume.kind)?;
+                self.check_clone_source(request, &snapshot, &volume, &dataset).await?;
                 let props: Properties = vec![
                     (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
                     (prop::CLONE_OF_VOLUME.to_string(), request.name.to_string()),
                     (prop::CAPACITY.to_string(), volume.capacity.to_string()),
                 ];
-                CloneOrigin { snapshot, capacity: volume.capacity, take_snapshot: Some(props) }
+                Ok(CloneOrigin {
+                    snapshot,
+                    capacity: volume.capacity,
+                    volblocksize: dataset.get_u64("volblocksize"),
+                    referenced: dataset.get_u64("referenced"),
+                    take_snapshot: Some(props),
+                })
             }
-        };
-        Ok(origin)
+        }
+    }
+
+    /// A clone source's volume, with the properties its clones inherit (`SOURCE_PROPERTIES`).
+    async fn source_volume(&self, name: &DatasetName) -> Result<Option<(VolumeInfo, Dataset)>, Status> {
+        let properties: Vec<&str> = VOLUME_PROPERTIES.iter().chain(SOURCE_PROPERTIES).copied().collect();
+        let dataset = self
+            .driver
+            .zfs
+            .find(name, &properties)
+            .await
+            .map_err(|e| zfs_status(&format!("reading source volume {name}"), e))?;
+        Ok(dataset.and_then(|d| VolumeInfo::from_dataset(&d, &self.driver.name).map(|v| (v, d))))
     }
 
     /// Clones `origin` as `request.name` (taking the driver's snapshot of a volume source
-    /// first), then grows the clone to the requested size; returns the clone.
+    /// first), then grows the clone to the requested size; returns the clone. Whatever fails
+    /// after `zfs clone` destroys the half-made clone again before the error is answered.
     async fn create_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, props: &Properties) -> Result<VolumeInfo, Status> {
         let zfs = &self.driver.zfs;
         if request.capacity < origin.capacity {
@@ -531,17 +727,42 @@ impl ControllerService {
                 request.capacity, origin.capacity
             )));
         }
-        if let Some(snapshot_props) = &origin.take_snapshot {
-            match self.driver.take_snapshot(&origin.snapshot, snapshot_props).await {
-                Ok(()) => {}
-                // Left by an interrupted earlier attempt for this same clone.
-                Err(ZfsError::AlreadyExists(_)) => {}
-                Err(e) => return Err(zfs_status(&format!("snapshotting source volume {}", origin.snapshot.dataset()), e)),
+        if let Some(referenced) = origin.referenced.filter(|&r| r > request.capacity) {
+            if request.kind == VolumeKind::Filesystem && request.params.quota_type == QuotaType::RefQuota {
+                return Err(Status::out_of_range(format!(
+                    "the source {} references {referenced} bytes, more than the requested {} bytes: a clone's \
+                     refquota cannot be below what it references; ask for at least {referenced} bytes",
+                    origin.snapshot.dataset(),
+                    request.capacity
+                )));
             }
         }
-        zfs.clone_snapshot(&origin.snapshot, &request.name, props).await.map_err(|e| {
-            zfs_status(&format!("cloning {} into volume {}", origin.snapshot, request.name), e)
-        })?;
+        let took_snapshot = match &origin.take_snapshot {
+            None => false,
+            Some(snapshot_props) => match self.driver.take_snapshot(&origin.snapshot, snapshot_props).await {
+                Ok(()) => true,
+                // Left by an interrupted earlier attempt for this same clone.
+                Err(ZfsError::AlreadyExists(_)) => false,
+                Err(e) => return Err(zfs_status(&format!("snapshotting source volume {}", origin.snapshot.dataset()), e)),
+            },
+        };
+        if let Err(e) = zfs.clone_snapshot(&origin.snapshot, &request.name, props).await {
+            if took_snapshot {
+                self.discard_internal_snapshot(&origin.snapshot).await;
+            }
+            return Err(zfs_status(&format!("cloning {} into volume {}", origin.snapshot, request.name), e));
+        }
+        match self.finish_clone(request).await {
+            Ok(created) => Ok(created),
+            Err(status) => {
+                self.discard_half_made_clone(request, origin, took_snapshot).await;
+                Err(status)
+            }
+        }
+    }
+
+    /// Reads a new clone back and grows it to the requested size.
+    async fn finish_clone(&self, request: &VolumeRequest) -> Result<VolumeInfo, Status> {
         let mut created = self.driver.volume(&request.name).await?.ok_or_else(|| {
             Status::internal(format!("clone {} is missing right after its creation", request.name))
         })?;
@@ -553,7 +774,44 @@ impl ControllerService {
         Ok(created)
     }
 
-    fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, kind: VolumeKind) -> Result<(), Status> {
+    /// Destroys a clone whose creation failed after `zfs clone`, if it carries our marker set
+    /// on itself, and the internal snapshot taken for it. Failures are only logged: the RPC
+    /// answers with the error that brought it here, and a retry finds what is left.
+    async fn discard_half_made_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, took_snapshot: bool) {
+        match self.driver.volume(&request.name).await {
+            Ok(Some(clone)) if clone.managed => {
+                let deleted = self.driver.zfs.delete_if_owned(&request.name, prop::MANAGED_BY, &self.driver.name, prop::DELETED);
+                match deleted.await {
+                    Ok(OwnedDelete::Destroyed { .. } | OwnedDelete::NotFound) => {
+                        tracing::info!(volume = %request.name, "half-made clone destroyed")
+                    }
+                    Ok(other) => return tracing::warn!(volume = %request.name, outcome = ?other, "the half-made clone was not destroyed"),
+                    Err(e) => return tracing::warn!(volume = %request.name, "cannot destroy the half-made clone: {e}"),
+                }
+            }
+            Ok(Some(_)) => return tracing::warn!(volume = %request.name, "half-made clone without our marker: left in place"),
+            Ok(None) => {}
+            Err(status) => {
+                return tracing::warn!(volume = %request.name, "cannot read the half-made clone: {}", status.message())
+            }
+        }
+        if took_snapshot {
+            self.discard_internal_snapshot(&origin.snapshot).await;
+        }
+    }
+
+    /// Destroys the internal snapshot this request took, when its clone was not made.
+    async fn discard_internal_snapshot(&self, snapshot: &SnapshotName) {
+        match self.driver.zfs.destroy_snapshot(snapshot, Destroy::Now).await {
+            Ok(()) | Err(ZfsError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(snapshot = %snapshot, "cannot destroy the snapshot taken for a failed clone: {e}"),
+        }
+    }
+
+    /// INVALID_ARGUMENT when `origin` (of `volume`, read as `dataset`) cannot be cloned for
+    /// `request`: another pool, another kind, or creation-only properties in the class that
+    /// differ from the source's (a clone keeps its origin's; equal values are fine).
+    async fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, volume: &VolumeInfo, dataset: &Dataset) -> Result<(), Status> {
         if origin.dataset().pool() != request.name.pool() {
             return Err(Status::invalid_argument(format!(
                 "the source {origin} is in pool {}, the new volume in pool {}: ZFS clones stay within a pool",
@@ -561,14 +819,49 @@ impl ControllerService {
                 request.name.pool()
             )));
         }
-        if kind != request.kind {
+        if volume.kind != request.kind {
             return Err(Status::invalid_argument(format!(
                 "the source {origin} is a {} but the request asks for a {}",
-                kind.as_str(),
+                volume.kind.as_str(),
                 request.kind.as_str()
             )));
         }
+        let mut conflicts = Vec::new();
+        for (property, wanted) in request.params.creation_only_properties() {
+            let actual = match property {
+                "keylocation" => self.key_location(dataset).await?,
+                _ => dataset.get(property).unwrap_or("-").to_string(),
+            };
+            if !same_setting(property, &wanted, &actual) {
+                conflicts.push(format!("{property}={wanted} (the source has {actual})"));
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the StorageClass sets creation-only properties that differ from the source {}'s: {}; a clone \
+                 keeps its source's, so use a class that leaves them out or matches them",
+                origin.dataset(),
+                conflicts.join(", ")
+            )));
+        }
         Ok(())
+    }
+
+    /// Where the key of `dataset` is: the `keylocation` of its encryption root (a dataset
+    /// that is not its own root shows `none`); `none` when it is not encrypted.
+    async fn key_location(&self, dataset: &Dataset) -> Result<String, Status> {
+        let own = dataset.get("keylocation").unwrap_or("none").to_string();
+        let root = match dataset.get("encryptionroot").map(DatasetName::parse) {
+            Some(Ok(root)) if root.as_str() != dataset.name => root,
+            _ => return Ok(own),
+        };
+        let root_dataset = self
+            .driver
+            .zfs
+            .get_one(&root, &["keylocation"])
+            .await
+            .map_err(|e| zfs_status(&format!("reading the key location of {root}"), e))?;
+        Ok(root_dataset.get("keylocation").unwrap_or("none").to_string())
     }
 
     async fn snapshot_info(&self, name: &SnapshotName) -> Result<Option<SnapshotInfo>, Status> {
@@ -581,24 +874,17 @@ impl ControllerService {
             .map(|d| SnapshotInfo::from_dataset(&d, &self.driver.name)))
     }
 
-    /// Every snapshot below the configured parents whose short name is `short_name`.
-    async fn snapshots_named(&self, short_name: &str) -> Result<Vec<String>, Status> {
-        let mut found = Vec::new();
-        for parent in &self.driver.parents {
-            let snapshots = self
-                .driver
-                .zfs
-                .get(parent, &["type"], Depth::All, &[DatasetType::Snapshot])
-                .await
-                .map_err(|e| zfs_status(&format!("listing the snapshots of {parent}"), e))?;
-            found.extend(
-                snapshots
-                    .into_iter()
-                    .filter(|d| d.name.split_once('@').is_some_and(|(_, s)| s == short_name))
-                    .map(|d| d.name),
-            );
+    /// CreateSnapshot's answer when the snapshot it would take exists: that snapshot if this
+    /// driver took it for the request `csi_name` (and it is not being deleted),
+    /// ALREADY_EXISTS otherwise.
+    fn existing_snapshot(&self, info: &SnapshotInfo, csi_name: &str) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        if !info.managed || info.csi_name.as_deref() != Some(csi_name) || info.deferred_destroy {
+            return Err(Status::already_exists(format!(
+                "snapshot {} already exists and was not made by this driver for this request",
+                info.name
+            )));
         }
-        Ok(found)
+        Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(info)) }))
     }
 
     /// The driver's volumes and snapshots below all parents (nested parents listed once).
@@ -630,28 +916,30 @@ impl Controller for ControllerService {
         let origin = match &request.source {
             Some(source) => {
                 let origin = self.resolve_source(&request, source).await?;
-                // Without a size, a clone is as large as its source.
-                request.capacity = capacity_from_range(request.range.as_ref(), request.granule, origin.capacity)?;
+                // Without a size, a clone is as large as its source; a zvol clone's size is a
+                // multiple of its origin's volblocksize, which it keeps.
+                let granule = request.granule(Some(&origin));
+                request.capacity = capacity_from_range(request.range.as_ref(), granule, origin.capacity)?;
                 Some(origin)
             }
             None => None,
         };
-        let props = self.creation_properties(&request).await?;
+        let props = self.creation_properties(&request, origin.as_ref()).await?;
         let zfs = &self.driver.zfs;
         let what = format!("creating volume {}", request.name);
-        // A plain volume is answered from the request (everything in it was set by
+        // A plain volume is answered from the request (everything in it was given to
         // `zfs create -o`); a clone as read back after cloning.
         let created = match (&origin, request.kind) {
             (Some(origin), _) => self.create_clone(&request, origin, &props).await,
             (None, VolumeKind::Filesystem) => zfs
                 .create_filesystem(&request.name, &props)
                 .await
-                .map(|()| request.created_volume())
+                .map(|()| request.created_volume(None))
                 .map_err(|e| zfs_status(&what, e)),
             (None, VolumeKind::Zvol) => zfs
                 .create_volume(&request.name, request.capacity, request.params.thin, &props)
                 .await
-                .map(|()| request.created_volume())
+                .map(|()| request.created_volume(None))
                 .map_err(|e| zfs_status(&what, e)),
         };
         let volume = match created {
@@ -659,7 +947,9 @@ impl Controller for ControllerService {
                 tracing::info!(volume = %request.name, kind = request.kind.as_str(), capacity = request.capacity, "created");
                 volume
             }
-            Err(status) if status.code() == tonic::Code::AlreadyExists => self.existing_volume(&request).await?,
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                self.existing_volume(&request, origin.as_ref(), &props).await?
+            }
             Err(status) if status.code() == tonic::Code::NotFound && request.source.is_none() => {
                 return Err(Status::invalid_argument(format!(
                     "{}; does poolname {} exist?",
@@ -814,10 +1104,12 @@ impl Controller for ControllerService {
             }
         }
         .min(i64::MAX as u64) as i64;
+        // A zvol class with a volblocksize above the minimum rounds every size up to it.
+        let minimum = MIN_VOLUME_SIZE.max(params.volblocksize.unwrap_or(0)).min(i64::MAX as u64) as i64;
         Ok(Response::new(csi::GetCapacityResponse {
             available_capacity: available,
             maximum_volume_size: Some(available),
-            minimum_volume_size: None,
+            minimum_volume_size: Some(minimum),
         }))
     }
 
@@ -879,19 +1171,42 @@ impl Controller for ControllerService {
             .snapshot(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
         let _lock = self.driver.lock(LockKey::Snapshot(req.name.clone()))?;
-        for existing in self.snapshots_named(&req.name).await? {
-            if existing != snapshot.to_string() {
-                return Err(Status::already_exists(format!(
-                    "snapshot name {} is already used by {existing}, of another volume",
-                    req.name
-                )));
-            }
-        }
-        let volume = self
+        // The volumes below the parents, then the name looked up on each of them: a cost that
+        // grows with the datasets, never with the snapshots they have (sanoid's thousands).
+        let datasets = self
+            .list_below_parents(VOLUME_PROPERTIES, &[DatasetType::Filesystem, DatasetType::Volume])
+            .await?;
+        let volumes: Vec<VolumeInfo> = datasets
+            .iter()
+            .filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name))
+            .filter(|v| self.driver.is_within_parents(&v.name))
+            .collect();
+        let mut candidates = vec![snapshot.to_string()];
+        candidates.extend(volumes.iter().filter(|v| v.name != source).map(|v| format!("{}@{}", v.name, req.name)));
+        let same_name: Vec<SnapshotInfo> = self
             .driver
-            .volume(&source)
-            .await?
-            .filter(|v| !v.deleted)
+            .zfs
+            .get_existing(&candidates, SNAPSHOT_PROPERTIES)
+            .await
+            .map_err(|e| zfs_status(&format!("looking up snapshot name {}", req.name), e))?
+            .iter()
+            .map(|d| SnapshotInfo::from_dataset(d, &self.driver.name))
+            .collect();
+        // A retry finds its snapshot before anything about the source is checked: since the
+        // first attempt (whose reply was lost), the source may have been deleted, and is then
+        // only kept, hidden, for this very snapshot.
+        if let Some(existing) = same_name.iter().find(|s| s.name == candidates[0]) {
+            return self.existing_snapshot(existing, &req.name);
+        }
+        if let Some(other) = same_name.iter().find(|s| s.is_listed() && s.csi_name.as_deref() == Some(req.name.as_str())) {
+            return Err(Status::already_exists(format!(
+                "snapshot name {} is already used by {}, of another volume",
+                req.name, other.name
+            )));
+        }
+        let volume = volumes
+            .into_iter()
+            .find(|v| v.name == source && !v.deleted)
             .ok_or_else(|| Status::not_found(format!("source volume {source} does not exist")))?;
         let props: Properties = vec![
             (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
@@ -907,12 +1222,7 @@ impl Controller for ControllerService {
             .snapshot_info(&snapshot)
             .await?
             .ok_or_else(|| Status::internal(format!("snapshot {snapshot} is missing right after its creation")))?;
-        if !info.managed || info.csi_name.as_deref() != Some(req.name.as_str()) || info.deferred_destroy {
-            return Err(Status::already_exists(format!(
-                "snapshot {snapshot} already exists and was not made by this driver for this request"
-            )));
-        }
-        Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(&info)) }))
+        self.existing_snapshot(&info, &req.name)
     }
 
     async fn delete_snapshot(
@@ -1007,11 +1317,9 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let not_found = || Status::not_found(format!("snapshot {} does not exist", req.snapshot_id));
         let snapshot = self.driver.snapshot_name(&req.snapshot_id)?.ok_or_else(not_found)?;
-        let info = self
-            .snapshot_info(&snapshot)
-            .await?
-            .filter(|s| !s.deferred_destroy && !s.internal)
-            .ok_or_else(not_found)?;
+        // Only what ListSnapshots lists: not a snapshot the driver did not take (sanoid's, the
+        // operator's), nor its internal or deleted ones.
+        let info = self.snapshot_info(&snapshot).await?.filter(SnapshotInfo::is_listed).ok_or_else(not_found)?;
         Ok(Response::new(csi::GetSnapshotResponse { snapshot: Some(csi_snapshot(&info)) }))
     }
 
@@ -1061,13 +1369,25 @@ mod tests {
     #[test]
     fn capacity_defaults_rounds_and_respects_limits() {
         const D: u64 = DEFAULT_CAPACITY;
+        const M: u64 = MIN_VOLUME_SIZE;
         assert_eq!(capacity_from_range(None, 1, D).unwrap(), D);
-        assert_eq!(capacity_from_range(None, 1, 12345).unwrap(), 12345, "a clone defaults to its source's size");
-        assert_eq!(capacity_from_range(Some(&range(1000, 0)), 16384, D).unwrap(), 16384);
-        assert_eq!(capacity_from_range(Some(&range(0, 4096)), 1, D).unwrap(), 4096);
+        assert_eq!(capacity_from_range(None, 1, 12345 * M).unwrap(), 12345 * M, "a clone defaults to its source's size");
+        assert_eq!(capacity_from_range(Some(&range(M as i64 + 1, 0)), 16384, D).unwrap(), M + 16384);
+        assert_eq!(capacity_from_range(Some(&range(0, 4 * M as i64)), 1, D).unwrap(), 4 * M);
         assert_eq!(capacity_from_range(Some(&range(1 << 30, 1 << 30)), 16384, D).unwrap(), 1 << 30);
+        assert_eq!(capacity_from_range(Some(&range(1, 0)), 1, D).unwrap(), M, "raised to the minimum");
+        assert_eq!(capacity_from_range(Some(&range(1000, 0)), 16384, D).unwrap(), M);
+        assert_eq!(capacity_from_range(None, 16 << 20, D).unwrap(), D, "a multiple of a 16M block");
+        assert_eq!(capacity_from_range(Some(&range(1, 0)), 16 << 20, D).unwrap(), 16 << 20);
+        for (required, limit) in [(1000, 2000), (0, 4096), (1, M as i64 - 1)] {
+            assert_eq!(
+                capacity_from_range(Some(&range(required, limit)), 1, D).unwrap_err().code(),
+                tonic::Code::OutOfRange,
+                "{required}..{limit} is below the minimum volume size"
+            );
+        }
         assert_eq!(
-            capacity_from_range(Some(&range(1000, 2000)), 16384, D).unwrap_err().code(),
+            capacity_from_range(Some(&range(M as i64 + 1, M as i64 + 2)), 16384, D).unwrap_err().code(),
             tonic::Code::OutOfRange
         );
         assert_eq!(
@@ -1099,6 +1419,100 @@ mod tests {
             assert_eq!(page(items.clone(), 2, bad).unwrap_err().code(), tonic::Code::Aborted, "{bad}");
         }
         assert_eq!(page(items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    fn request(kind: VolumeKind, pairs: &[(&str, &str)]) -> VolumeRequest {
+        let parameters = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        VolumeRequest {
+            csi_name: "pvc-1".into(),
+            name: DatasetName::parse("vms/pvc-1").unwrap(),
+            kind,
+            zvol_fstype: None,
+            capacity: 64 << 20,
+            range: None,
+            params: VolumeParams::parse(&parameters).unwrap(),
+            source: None,
+        }
+    }
+
+    /// `zfs get -p all` of a leftover: `(property, value, source)`.
+    fn leftover(props: &[(&str, &str, &str)]) -> Dataset {
+        Dataset {
+            name: "vms/pvc-1".into(),
+            properties: props
+                .iter()
+                .map(|(k, v, s)| {
+                    (k.to_string(), crate::zfs::PropertyValue { value: v.to_string(), source: PropertySource::parse(s) })
+                })
+                .collect(),
+        }
+    }
+
+    fn ours(pairs: &[(&str, &str)]) -> Properties {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_leftover_of_an_interrupted_creation_is_adoptable() {
+        let fs = request(VolumeKind::Filesystem, &[]);
+        let props = ours(&[(prop::MANAGED_BY, "zfs-csi.io"), ("mountpoint", "legacy"), ("refquota", "67108864")]);
+        let bare = [("type", "filesystem", "-"), ("origin", "-", "-"), ("written", "24576", "-"), ("compression", "lz4", "inherited from vms")];
+        assert_eq!(adoption_refusal(&leftover(&bare), &fs, None, &props), None);
+        // The second sync task sets quotas one by one before the rest.
+        let mut partial = bare.to_vec();
+        partial.push(("refquota", "67108864", "local"));
+        assert_eq!(adoption_refusal(&leftover(&partial), &fs, None, &props), None);
+
+        let zvol = request(VolumeKind::Zvol, &[("volblocksize", "64k"), ("encryption", "on"), ("keylocation", "file:///k")]);
+        let zvol_leftover = [
+            ("type", "volume", "-"),
+            ("written", "52224", "-"),
+            ("volsize", "67108864", "local"),
+            ("refreservation", "69206016", "local"),
+            ("volblocksize", "65536", "-"),
+            ("encryption", "aes-256-gcm", "-"),
+            ("keylocation", "file:///k", "local"),
+        ];
+        assert_eq!(adoption_refusal(&leftover(&zvol_leftover), &zvol, None, &Vec::new()), None);
+
+        let clone_of = SnapshotName::parse("vms/a@s").unwrap();
+        let clone = [("type", "volume", "-"), ("origin", "vms/a@s", "-"), ("written", "0", "-"), ("volsize", "33554432", "local")];
+        assert_eq!(adoption_refusal(&leftover(&clone), &request(VolumeKind::Zvol, &[]), Some(&clone_of), &Vec::new()), None);
+    }
+
+    #[test]
+    fn anything_but_such_a_leftover_is_refused() {
+        let fs = request(VolumeKind::Filesystem, &[]);
+        let props = ours(&[("mountpoint", "legacy"), ("refquota", "67108864")]);
+        let base = vec![("type", "filesystem", "-"), ("written", "24576", "-")];
+        let with = |extra: &[(&'static str, &'static str, &'static str)]| {
+            let mut all = base.clone();
+            all.extend_from_slice(extra);
+            leftover(&all)
+        };
+        let refused = |d: &Dataset, r: &VolumeRequest, origin: Option<&SnapshotName>| adoption_refusal(d, r, origin, &props);
+        assert!(refused(&with(&[("written", "52428800", "-")]), &fs, None).unwrap().contains("written"));
+        assert!(refused(&with(&[("compression", "zstd", "local")]), &fs, None).unwrap().contains("compression=zstd"));
+        assert!(refused(&with(&[("refquota", "1048576", "local")]), &fs, None).is_some(), "another size");
+        assert!(refused(&with(&[(prop::MANAGED_BY, "other.driver", "local")]), &fs, None).is_some());
+        assert!(refused(&with(&[("atime", "off", "received")]), &fs, None).unwrap().contains("received"));
+        assert!(refused(&with(&[("origin", "vms/x@y", "-")]), &fs, None).unwrap().contains("clone of vms/x@y"));
+        let wanted = SnapshotName::parse("vms/a@s").unwrap();
+        assert!(refused(&with(&[]), &fs, Some(&wanted)).unwrap().contains("not a clone"));
+        assert!(refused(&with(&[("origin", "vms/b@s", "-")]), &fs, Some(&wanted)).unwrap().contains("not of vms/a@s"));
+        let zvol = request(VolumeKind::Zvol, &[]);
+        assert!(refused(&with(&[]), &zvol, None).unwrap().contains("asks for a zvol"));
+        let zvol_leftover = |size: &'static str, block: &'static str| {
+            leftover(&[("type", "volume", "-"), ("written", "12288", "-"), ("volsize", size, "local"), ("volblocksize", block, "default")])
+        };
+        assert!(refused(&zvol_leftover("33554432", "16384"), &zvol, None).unwrap().contains("volsize"));
+        let big_blocks = request(VolumeKind::Zvol, &[("volblocksize", "64k")]);
+        assert!(refused(&zvol_leftover("67108864", "16384"), &big_blocks, None).unwrap().contains("volblocksize"));
+        let thin = request(VolumeKind::Zvol, &[("thinprovision", "yes")]);
+        let mut reserved = vec![("type", "volume", "-"), ("written", "12288", "-"), ("volsize", "67108864", "local")];
+        assert_eq!(refused(&leftover(&reserved), &thin, None), None);
+        reserved.push(("refreservation", "69206016", "local"));
+        assert!(refused(&leftover(&reserved), &thin, None).unwrap().contains("refreservation"));
     }
 
     #[test]

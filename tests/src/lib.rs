@@ -240,6 +240,24 @@ pub fn zfs_inventory() -> String {
     zfs(&["list", "-H", "-p", "-t", "all", "-o", "name,type,guid"])
 }
 
+/// Writes `bytes` of pseudo-random data to `path` and syncs it: data that lz4 (on every test
+/// pool) cannot compress away, so it takes that much space.
+pub fn write_incompressible(path: &Path, bytes: usize) {
+    use std::io::Write;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ bytes as u64;
+    let data: Vec<u8> = (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut file = std::fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    file.write_all(&data).expect("write");
+    file.sync_all().expect("sync");
+}
+
 /// The mount points in the mount table under `prefix`.
 pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
     zfs_csi::mount::mount_table()
