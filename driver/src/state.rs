@@ -2,7 +2,7 @@
 //! dataset, zvol or snapshot is created, and read back to answer any later RPC, so the driver
 //! needs no database and survives restarts and crashes. A snapshot gets its properties in the
 //! same transaction that makes it; a dataset or clone in a second one right after, which a
-//! power loss can cut off (`controller.rs`, `adopt`).
+//! power loss can cut off (`controller/create.rs`, `adopt`).
 
 use std::collections::BTreeMap;
 
