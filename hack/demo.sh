@@ -4,6 +4,7 @@
 # with compression=lz4), inside the VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash hack/check-prereqs.sh   # Rust, root, Debian: said in the first second, not after the image build
 echo "== host packages (qemu, debootstrap from bookworm-backports)"
 bash hack/host-setup.sh
 echo "== the OpenZFS VM image (built once, about 5 minutes, then cached)"

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Validate deploy/ offline, as CI does:
 #   manifests  every YAML document under deploy/ against the Kubernetes API schemas
-#              of K8S_VERSION (strict: unknown fields are errors), CRD and kustomize
-#              kinds against our own schemas (tests/deploy/schemas), cross-document
-#              checks, and both kustomize builds (deploy/ and deploy/k0s) rendered
-#              and validated the same way;
+#              of K8S_VERSION (strict: unknown fields are errors), CRD, kustomize and
+#              Flux kinds against our own schemas (tests/deploy/schemas), and
+#              cross-document checks; then every kustomization built (kubectl
+#              kustomize, from the pinned kubectl wheel in the venv) with and without
+#              the components in deploy/components, and each build validated the
+#              same way (tests/deploy/render_kustomizations.py); and the
+#              Containerfile's COPY sources, stages and packages (no image is built);
 #   flags      the zfs-csi container's args and env, run through the real binary
 #              (${ZFS_CSI_BIN:-target/debug/zfs-csi} ... --print-config).
 # Usage: hack/validate-deploy.sh [manifests|flags|all]   (default all)
@@ -37,29 +40,12 @@ if [ "$step" != flags ]; then
   "$py" tests/deploy/validate_manifests.py --kubernetes-version "$K8S_VERSION" \
     --schemas tests/deploy/schemas deploy || status=1
 
-  if command -v kubectl >/dev/null; then
-    rendered=$(mktemp -d)
-    trap 'rm -rf "$rendered"' EXIT
-    for dir in deploy deploy/k0s; do
-      out=$rendered/kustomize-build-$(echo "$dir" | tr / -).yaml
-      echo "==> kustomize build $dir (kubectl kustomize), then the same schemas"
-      if ! kubectl kustomize "$dir" > "$out"; then
-        echo "  FAIL  kubectl kustomize $dir"; status=1; continue
-      fi
-      "$py" tests/deploy/validate_manifests.py --kubernetes-version "$K8S_VERSION" \
-        --schemas tests/deploy/schemas --no-cross-checks "$out" || status=1
-    done
-    if [ -s "$rendered/kustomize-build-deploy-k0s.yaml" ]; then
-      echo "==> deploy/k0s build: no path left under /var/lib/kubelet"
-      if grep -n '/var/lib/kubelet' "$rendered/kustomize-build-deploy-k0s.yaml"; then
-        echo "  FAIL  the k0s overlay left the paths above unpatched"; status=1
-      else
-        echo "  ok    every kubelet path is under /var/lib/k0s/kubelet"
-      fi
-    fi
-  else
-    echo "==> SKIPPED kustomize builds: kubectl not found (the sources were validated above)"
-  fi
+  echo "==> kustomize builds of every kustomization under deploy/, with and without the components"
+  "$py" tests/deploy/render_kustomizations.py --kubectl "$VENV/bin/kubectl" \
+    --kubernetes-version "$K8S_VERSION" --schemas tests/deploy/schemas deploy || status=1
+
+  echo "==> deploy/Containerfile against the build context (the repository root), without building it"
+  "$py" tests/deploy/check_containerfile.py --context . deploy/Containerfile || status=1
 fi
 
 if [ "$step" != manifests ]; then

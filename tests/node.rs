@@ -254,7 +254,7 @@ async fn an_imported_ext4_zvol_is_served_grown_and_never_destroyed() {
     std::fs::create_dir(&prep).unwrap();
     nix::mount::mount(Some(&device), &prep, Some("ext4"), nix::mount::MsFlags::empty(), None::<&str>).expect("mount");
     write_data(Kind::Ext4, &prep, &data);
-    nix::mount::umount(&prep).expect("umount");
+    umount_retrying(&prep);
 
     // As its filesystem, as a static PV with fsType ext4 and no volume attributes asks.
     let vol = raw.with_kind(Kind::Ext4);

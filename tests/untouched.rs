@@ -181,3 +181,52 @@ async fn clone_errors_get_the_spec_codes() {
     d.delete_snapshot(&snap.snapshot_id).await;
     d.delete(&source.volume_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn a_clone_that_fails_after_zfs_clone_leaves_nothing_behind() {
+    let d = driver().await;
+    let source = d.create(create_request(&unique("pvc-half"), "tank", block_capability(), 32 * MIB)).await;
+    let snap = d.snapshot(&source.volume_id, &unique("snap-half")).await;
+    let before = zfs_inventory();
+    // A thick zvol clone larger than the pool: `zfs clone` succeeds, growing it cannot.
+    for content in [snapshot_source(&snap.snapshot_id), volume_source(&source.volume_id)] {
+        let mut req = create_request(&unique("pvc-half-clone"), "tank", block_capability(), 100 * GIB);
+        req.volume_content_source = content;
+        expect_code(d.controller().create_volume(req).await, Code::ResourceExhausted);
+        assert_eq!(zfs_inventory(), before, "the half-made clone, or the snapshot taken for it, was left behind");
+    }
+    d.delete_snapshot(&snap.snapshot_id).await;
+    d.delete(&source.volume_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn snapshots_the_driver_did_not_take_are_not_served_or_cloned() {
+    let d = driver().await;
+    let v = d.create(create_request(&unique("pvc-theirs"), "vms", block_capability(), 32 * MIB)).await;
+    let import = format!("vms/{}", unique("HomeAssistant"));
+    zfs(&["create", "-s", "-V", "32M", &import]);
+    let theirs = [format!("{}@autosnap_hourly", v.volume_id), format!("{import}@autosnap_hourly")];
+    for snapshot in &theirs {
+        zfs(&["snapshot", snapshot]);
+    }
+    let before = zfs_inventory();
+    let mut c = d.controller();
+    for snapshot in &theirs {
+        let get = csi::GetSnapshotRequest { snapshot_id: snapshot.clone(), ..Default::default() };
+        expect_code(c.get_snapshot(get).await, Code::NotFound);
+        let list = csi::ListSnapshotsRequest { snapshot_id: snapshot.clone(), ..Default::default() };
+        assert!(c.list_snapshots(list).await.unwrap().into_inner().entries.is_empty(), "{snapshot} listed");
+        let mut req = create_request(&unique("pvc-from-theirs"), "vms", block_capability(), 0);
+        req.volume_content_source = snapshot_source(snapshot);
+        let message = expect_code(c.create_volume(req).await, Code::InvalidArgument);
+        assert!(message.contains("not taken by this driver"), "{message}");
+    }
+    assert_eq!(zfs_inventory(), before);
+    for snapshot in &theirs {
+        zfs(&["destroy", snapshot]);
+    }
+    zfs(&["destroy", &import]);
+    d.delete(&v.volume_id).await;
+}

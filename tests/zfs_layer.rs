@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use zfs_csi::process::ProcessRunner;
 use zfs_csi::zfs::{DatasetName, DatasetType, Depth, Destroy, PropertySource, SnapshotName, Zfs, ZfsError};
-use zfs_csi_tests::{dataset_exists, unique, wait_for_zvol_link, zfs as cli, zfs_get};
+use zfs_csi_tests::{dataset_exists, umount_retrying, unique, wait_for_zvol_link, zfs as cli, zfs_get};
 
 const POOLS: [&str; 3] = ["ai", "vms", "tank"];
 
@@ -168,6 +168,49 @@ async fn real_error_messages_become_typed_errors() {
 
 #[tokio::test]
 #[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn creation_only_properties_and_impossible_sizes_are_final_errors() {
+    let zfs = layer();
+    let origin = name("vms", "layer-final");
+    zfs.create_volume(&origin, 32 << 20, true, &props(&[("volblocksize", "65536")])).await.unwrap();
+    let snap = origin.snapshot("s").unwrap();
+    zfs.snapshot(&snap, &Vec::new()).await.unwrap();
+    for (property, value) in [("volblocksize", "16384"), ("encryption", "on"), ("keylocation", "file:///tmp/k")] {
+        let e = zfs.clone_snapshot(&snap, &name("vms", "layer-final-clone"), &props(&[(property, value)])).await.unwrap_err();
+        assert!(matches!(e, ZfsError::Invalid(_)), "clone -o {property}: {e:?}");
+    }
+    let e = zfs.set(&origin, &props(&[("volblocksize", "16384")])).await.unwrap_err();
+    assert!(matches!(e, ZfsError::Invalid(_)), "set volblocksize: {e:?}");
+    let e = zfs.set(&origin, &props(&[("volsize", "33570816")])).await.unwrap_err();
+    assert!(matches!(e, ZfsError::Invalid(_)), "volsize not a multiple of the block size: {e:?}");
+
+    let fs = name("vms", "layer-final-fs");
+    zfs.create_filesystem(&fs, &Vec::new()).await.unwrap();
+    zfs_csi_tests::write_incompressible(std::path::Path::new(&format!("/{fs}/data")), 4 << 20);
+    let e = zfs.set(&fs, &props(&[("refquota", "1048576")])).await.unwrap_err();
+    assert!(matches!(e, ZfsError::OutOfRange(_)), "refquota below what it uses: {e:?}");
+    zfs_csi_tests::zfs(&["destroy", "-r", fs.as_str()]);
+    zfs_csi_tests::zfs(&["destroy", "-r", origin.as_str()]);
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn get_existing_reads_the_targets_that_exist_and_skips_the_others() {
+    let zfs = layer();
+    let fs = name("tank", "layer-existing");
+    zfs.create_filesystem(&fs, &Vec::new()).await.unwrap();
+    zfs.snapshot(&fs.snapshot("s").unwrap(), &Vec::new()).await.unwrap();
+    let targets: Vec<String> = [format!("{fs}@s"), format!("{fs}@missing"), "tank/none@x".into(), "nopool/x@y".into(), fs.to_string()].into();
+    let found = zfs.get_existing(&targets, &["type"]).await.unwrap();
+    let mut names: Vec<&str> = found.iter().map(|d| d.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, [fs.to_string(), format!("{fs}@s")]);
+    assert!(zfs.get_existing(&targets[1..4], &["type"]).await.unwrap().is_empty());
+    assert!(zfs.get_existing(&targets, &["bogus-property"]).await.is_err(), "other errors are errors");
+    zfs_csi_tests::zfs(&["destroy", "-r", fs.as_str()]);
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
 async fn a_cancelled_call_leaves_no_process_behind() {
     // A prefix that forks a marked child before running zfs, like a wrapper would.
     let marker = format!("28.{}", std::process::id());
@@ -250,7 +293,7 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
     std::fs::write(dir.path().join("f"), b"kept").unwrap();
     assert_eq!(delete(&mounted, "zfs-csi.io").await, OwnedDelete::Refused(16));
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"kept", "the mount and its data are untouched");
-    nix::mount::umount(dir.path()).unwrap();
+    umount_retrying(dir.path());
     assert_eq!(delete(&mounted, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: None });
 
     let zvol = name("ai", "zvol");

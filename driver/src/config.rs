@@ -1,11 +1,15 @@
 //! Command-line flags (each with an environment-variable equivalent), parsed once into
 //! validated types.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use clap::{Parser, ValueEnum};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, ValueEnum};
 use serde::Serialize;
+use tracing_subscriber::filter::{Directive, EnvFilter, LevelFilter};
 
 use crate::zfs::DatasetName;
 
@@ -53,10 +57,11 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
-    /// "info,zfs_csi=debug".
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Log filter: a level (error, warn, info, debug, trace, off) or tracing directives
+    /// TARGET=LEVEL, such as "info,zfs_csi=debug". The HTTP/2 transport (h2, hyper, tower,
+    /// tonic::transport) stays at info unless a directive names it.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = LogFilter::parse)]
+    pub log_level: LogFilter,
 
     /// Check the flags, print the effective configuration as JSON and exit without serving.
     #[arg(long)]
@@ -147,10 +152,134 @@ fn parse_parent(s: &str) -> Result<DatasetName, String> {
     DatasetName::parse(s.trim()).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Targets of the gRPC transport underneath tonic. At debug they log every HTTP/2 frame and
+/// connection event, which drowns the driver's own debug output, so a level above info does
+/// not reach them unless a directive names them (or a parent, such as `tonic`).
+const TRANSPORT_TARGETS: [&str; 4] = ["h2", "hyper", "tower", "tonic::transport"];
+
+/// The `--log-level` filter, checked when the flags are parsed. A bare word must be a level:
+/// tracing would take `debg` as a target name and silently show nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFilter {
+    given: String,
+    effective: String,
+}
+
+impl LogFilter {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut targets = Vec::new();
+        let mut default_level = None;
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.rsplit_once('=') {
+                None => {
+                    let level = LevelFilter::from_str(part).map_err(|_| {
+                        format!(
+                            "{part:?} is not a log level: use error, warn, info, debug, trace or off, \
+                             or directives TARGET=LEVEL such as info,zfs_csi=debug"
+                        )
+                    })?;
+                    default_level = default_level.max(Some(level));
+                }
+                Some((selector, level)) => {
+                    LevelFilter::from_str(level).map_err(|_| {
+                        format!("{part:?}: {level:?} is not a log level (error, warn, info, debug, trace, off)")
+                    })?;
+                    let target = selector.split('[').next().unwrap_or_default();
+                    if !target.is_empty() {
+                        targets.push(target.to_string());
+                    }
+                }
+            }
+            Directive::from_str(part).map_err(|e| format!("{part:?} is not a tracing directive: {e}"))?;
+        }
+        let mut effective = s.to_string();
+        if default_level.is_some_and(|level| level > LevelFilter::INFO) {
+            for transport in TRANSPORT_TARGETS {
+                let named = targets.iter().any(|t| transport == t || transport.starts_with(&format!("{t}::")));
+                if !named {
+                    effective.push_str(&format!(",{transport}=info"));
+                }
+            }
+        }
+        Ok(LogFilter { given: s.to_string(), effective })
+    }
+
+    /// The directives as given, then the transport limits this filter adds.
+    pub fn effective(&self) -> &str {
+        &self.effective
+    }
+
+    pub fn env_filter(&self) -> Result<EnvFilter, String> {
+        EnvFilter::try_new(&self.effective).map_err(|e| format!("{:?}: {e}", self.effective))
+    }
+}
+
+impl std::fmt::Display for LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.given)
+    }
+}
+
+/// Printed as it was given.
+impl Serialize for LogFilter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl Config {
     pub fn command_prefix_words(&self) -> Vec<String> {
         self.command_prefix.split_whitespace().map(str::to_string).collect()
     }
+}
+
+/// A flag error as one line, as operators read it in `kubectl logs` or a CrashLoopBackOff
+/// event. When the bad value came from a flag's environment variable (the flag is not on
+/// the command line `args`), the line names the variable and its value, since that is what
+/// the operator has to fix: `LOG_LEVEL=debg`, not `--log-level`.
+pub fn error_line(error: &clap::Error, args: &[OsString], env: impl Fn(&str) -> Option<OsString>) -> String {
+    let rendered = error.render().to_string();
+    let mut line = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string();
+    if !matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return line;
+    }
+    let Some(ContextValue::String(invalid_arg)) = error.get(ContextKind::InvalidArg) else {
+        return line;
+    };
+    let command = Config::command();
+    let Some(arg) = command.get_arguments().find(|a| {
+        a.get_long().is_some_and(|long| {
+            invalid_arg == &format!("--{long}") || invalid_arg.starts_with(&format!("--{long} "))
+        })
+    }) else {
+        return line;
+    };
+    let (Some(long), Some(var)) = (arg.get_long(), arg.get_env().and_then(|v| v.to_str())) else {
+        return line;
+    };
+    let flag = format!("--{long}");
+    let on_command_line = args
+        .iter()
+        .filter_map(|a| a.to_str())
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if on_command_line {
+        return line;
+    }
+    if let Some(value) = env(var) {
+        line = line.replacen(
+            &format!("'{invalid_arg}'"),
+            &format!("{flag} (from the environment: {var}={})", value.to_string_lossy()),
+            1,
+        );
+    }
+    line
 }
 
 #[cfg(test)]
@@ -187,6 +316,115 @@ mod tests {
         assert!(Endpoint::parse("/csi/csi.sock").is_err());
         assert!(Endpoint::parse("tcp://localhost").is_err());
         assert!(Endpoint::parse("http://127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn log_levels_and_directives_are_accepted() {
+        for filter in ["info", "DEBUG", "off", "warn,zfs_csi=debug", "zfs_csi=trace", "info,zfs_csi[rpc{volume=a}]=debug"] {
+            assert!(LogFilter::parse(filter).is_ok(), "{filter:?} refused");
+        }
+    }
+
+    #[test]
+    fn misspelled_log_level_is_refused_with_the_word() {
+        let error = LogFilter::parse("debg").unwrap_err();
+        assert!(error.contains("\"debg\" is not a log level"), "{error}");
+        let error = LogFilter::parse("info,zfs_csi=verbose").unwrap_err();
+        assert!(error.contains("\"verbose\" is not a log level"), "{error}");
+        // tracing would read a bare word as a target at trace, and show nothing else.
+        assert!(LogFilter::parse("zfs_csi").is_err());
+        assert!(LogFilter::parse("info,zfs_csi[=debug").is_err());
+    }
+
+    #[test]
+    fn misspelled_log_level_fails_the_flags_and_print_config() {
+        assert!(parse(&["--node-id", "n", "--parents", "vms", "--log-level", "debg"]).is_err());
+        let print_config = ["--node-id", "n", "--parents", "vms", "--log-level", "debg", "--print-config"];
+        assert!(parse(&print_config).is_err());
+    }
+
+    #[test]
+    fn debug_limits_only_the_transport_targets_not_named() {
+        let effective = |filter: &str| LogFilter::parse(filter).unwrap().effective().to_string();
+        assert_eq!(effective("debug"), "debug,h2=info,hyper=info,tower=info,tonic::transport=info");
+        assert_eq!(effective("debug,h2=trace"), "debug,h2=trace,hyper=info,tower=info,tonic::transport=info");
+        assert_eq!(effective("trace,tonic=debug"), "trace,tonic=debug,h2=info,hyper=info,tower=info");
+        // A child target leaves the limit on the rest of its crate.
+        assert_eq!(
+            effective("debug,h2::codec=debug"),
+            "debug,h2::codec=debug,h2=info,hyper=info,tower=info,tonic::transport=info"
+        );
+        // At info and below, the transport logs no more than the driver does.
+        for quiet in ["info", "warn", "zfs_csi=debug", "off"] {
+            assert_eq!(effective(quiet), quiet);
+        }
+    }
+
+    /// Everything `filter` lets through of one event per target, as the fmt layer writes it.
+    fn logged(filter: &str) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(LogFilter::parse(filter).unwrap().env_filter().unwrap())
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "h2::codec::framed_read", "h2-frame");
+            tracing::info!(target: "h2::proto::connection", "h2-connection-closed");
+            tracing::debug!(target: "hyper_util::server", "hyper-event");
+            tracing::debug!(target: "tower::buffer::worker", "tower-event");
+            tracing::debug!(target: "tonic::transport::server", "tonic-transport-event");
+            tracing::debug!(target: "zfs_csi::node", "driver-event");
+        });
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn debug_logs_the_driver_but_not_http2_frames() {
+        let out = logged("debug");
+        assert!(out.contains("driver-event"), "{out}");
+        assert!(out.contains("h2-connection-closed"), "{out}");
+        for noise in ["h2-frame", "hyper-event", "tower-event", "tonic-transport-event"] {
+            assert!(!out.contains(noise), "{noise} logged at --log-level debug: {out}");
+        }
+    }
+
+    #[test]
+    fn a_named_transport_target_logs_at_its_level() {
+        let out = logged("debug,h2=debug");
+        assert!(out.contains("h2-frame"), "{out}");
+        assert!(!out.contains("hyper-event"), "{out}");
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_the_variable() {
+        let error = parse(&["--node-id", "n", "--parents", "vms", "--log-level", "debg"]).unwrap_err();
+        let from_env = |var: &str| (var == "LOG_LEVEL").then(|| OsString::from("debg"));
+        // The same error as clap reports for a value taken from LOG_LEVEL, whose flag is not
+        // on the command line.
+        let without_flag: Vec<OsString> =
+            ["zfs-csi", "--node-id", "n", "--parents", "vms"].map(OsString::from).into();
+        let line = error_line(&error, &without_flag, from_env);
+        assert!(line.contains("LOG_LEVEL=debg"), "{line}");
+        assert!(line.contains("\"debg\" is not a log level"), "{line}");
+        // Given as a flag, the flag is what the operator fixes.
+        let with_flag: Vec<OsString> =
+            ["zfs-csi", "--node-id", "n", "--parents", "vms", "--log-level", "debg"].map(OsString::from).into();
+        let line = error_line(&error, &with_flag, from_env);
+        assert!(line.contains("--log-level") && !line.contains("LOG_LEVEL="), "{line}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub fn zfs_status(what: &str, err: ZfsError) -> Status {
         ZfsError::HasDependents(_) => Status::failed_precondition(message),
         ZfsError::NoSpace(_) => Status::resource_exhausted(message),
         ZfsError::Invalid(_) => Status::invalid_argument(message),
+        ZfsError::OutOfRange(_) => Status::out_of_range(message),
         ZfsError::Unavailable { .. } => Status::unavailable(format!(
             "{message}; check that the zfs userland is reachable (--command-prefix)"
         )),
@@ -43,6 +44,7 @@ mod tests {
             (ZfsError::HasDependents("x".into()), Code::FailedPrecondition),
             (ZfsError::NoSpace("x".into()), Code::ResourceExhausted),
             (ZfsError::Invalid("x".into()), Code::InvalidArgument),
+            (ZfsError::OutOfRange("x".into()), Code::OutOfRange),
             (ZfsError::Failed { command: "zfs".into(), stderr: "?".into() }, Code::Internal),
         ];
         for (err, code) in cases {

@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-use zfs_csi::config::{Config, LogFormat};
+use zfs_csi::config::{self, Config, LogFormat};
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match Config::try_parse_from(&args) {
         Ok(config) => config,
         Err(e) if !e.use_stderr() => {
             // --help and --version
@@ -15,14 +15,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line, as operators read it in `kubectl logs` or a CrashLoopBackOff event.
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("zfs-csi: {}", message.join(" ").trim_start_matches("error: "));
+            eprintln!("zfs-csi: {}", config::error_line(&e, &args, |var| std::env::var_os(var)));
             return ExitCode::from(2);
         }
     };
@@ -39,7 +32,7 @@ fn main() -> ExitCode {
         }
     }
     if let Err(e) = init_logging(&config) {
-        eprintln!("zfs-csi: --log-level {:?}: {e}", config.log_level);
+        eprintln!("zfs-csi: --log-level: {e}");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -64,7 +57,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&config.log_level).map_err(|e| e.to_string())?;
+    let filter = config.log_level.env_filter()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

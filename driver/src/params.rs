@@ -95,17 +95,30 @@ impl VolumeParams {
         props
     }
 
-    /// Encryption is set at creation only and always passed as given: whether it differs from
-    /// the parent's depends on keys, not only values.
-    pub fn encryption_properties(&self) -> Vec<(&'static str, String)> {
+    /// The StorageClass's creation-only properties: ZFS fixes them when it creates a dataset
+    /// (`zfs set` cannot change them), and a clone has its origin's (`zfs clone -o` refuses
+    /// them: "'volblocksize' is readonly", "Encryption properties must inherit from origin
+    /// dataset"). They are passed as given, never compared with the parent: encryption
+    /// depends on keys, not only values, and volblocksize is not inherited.
+    pub fn creation_only_properties(&self) -> Vec<(&'static str, String)> {
         [
-            ("encryption", &self.encryption),
-            ("keyformat", &self.keyformat),
-            ("keylocation", &self.keylocation),
+            ("volblocksize", self.volblocksize.map(|b| b.to_string())),
+            ("encryption", self.encryption.clone()),
+            ("keyformat", self.keyformat.clone()),
+            ("keylocation", self.keylocation.clone()),
         ]
         .into_iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v.clone())))
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect()
+    }
+}
+
+/// Whether the StorageClass value `wanted` of a creation-only property is the setting ZFS
+/// shows as `actual` (`zfs get -p`): `encryption=on` is the default suite, aes-256-gcm.
+pub fn same_setting(property: &str, wanted: &str, actual: &str) -> bool {
+    match (property, wanted) {
+        ("encryption", "on") => actual == "aes-256-gcm",
+        _ => wanted == actual,
     }
 }
 
@@ -330,6 +343,21 @@ mod tests {
     fn unknown_parameters_are_named() {
         let e = parse(&[("poolname", "vms"), ("compresion", "lz4"), ("zpool", "x")]).unwrap_err();
         assert!(e.contains("compresion, zpool"), "{e}");
+    }
+
+    #[test]
+    fn creation_only_properties_are_the_class_values_and_on_means_aes_256_gcm() {
+        let p = parse(&[("volblocksize", "64k"), ("encryption", "on"), ("keyformat", "hex"), ("compression", "zstd")]).unwrap();
+        assert_eq!(
+            p.creation_only_properties(),
+            [("volblocksize", "65536".to_string()), ("encryption", "on".into()), ("keyformat", "hex".into())]
+        );
+        assert!(parse(&[("compression", "zstd")]).unwrap().creation_only_properties().is_empty());
+        assert!(same_setting("encryption", "on", "aes-256-gcm"));
+        assert!(!same_setting("encryption", "on", "off"));
+        assert!(same_setting("encryption", "aes-128-ccm", "aes-128-ccm"));
+        assert!(same_setting("volblocksize", "16384", "16384"));
+        assert!(!same_setting("volblocksize", "65536", "16384"));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub const PASS_INTERVAL: Duration = Duration::from_secs(600);
 /// udev opens a new or just-closed zvol's device for a moment to probe it.
 const UDEV_BUSY_WINDOW: Duration = Duration::from_secs(3);
 const EBUSY: i32 = 16;
+/// How many volumes' snapshots one `zfs get` lists.
+const SNAPSHOT_BATCH: usize = 200;
 /// How long the reaper waits for an RPC that holds a volume's lock.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -49,11 +51,13 @@ pub enum Deleted {
 #[derive(Clone)]
 pub struct Reaper {
     driver: Arc<Driver>,
+    /// A background pass is running.
+    passing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Reaper {
     pub fn new(driver: Arc<Driver>) -> Self {
-        Self { driver }
+        Self { driver, passing: Arc::default() }
     }
 
     /// Deletes the volume `name` for DeleteVolume; the caller holds its lock. A volume in use
@@ -228,39 +232,52 @@ impl Reaper {
     }
 
     /// A full pass over every parent this node has: internal snapshots that no clone uses,
-    /// then volumes marked deleted with nothing depending on them. Returns how many datasets
-    /// and snapshots it destroyed.
+    /// then volumes marked deleted with nothing depending on them. Its cost follows the
+    /// driver's own volumes and their snapshots: foreign datasets are listed (one `zfs get`
+    /// without snapshots), their snapshots never. Returns how many datasets and snapshots it
+    /// destroyed.
     pub async fn pass(&self) -> usize {
         let mut reaped = 0;
         for parent in &self.driver.parents {
-            let snapshots = self
-                .driver
-                .zfs
-                .get(parent, &["type", prop::MANAGED_BY, prop::CLONE_OF_VOLUME, "clones"], Depth::All, &[DatasetType::Snapshot])
-                .await;
-            let volumes = self
+            let volumes = match self
                 .driver
                 .zfs
                 .get(parent, &["type", prop::MANAGED_BY, prop::DELETED], Depth::All, &[DatasetType::Filesystem, DatasetType::Volume])
-                .await;
-            let (snapshots, volumes) = match (snapshots, volumes) {
-                (Ok(s), Ok(v)) => (s, v),
-                (Err(e), _) | (_, Err(e)) if e.is_not_found() => continue,
-                (Err(e), _) | (_, Err(e)) => {
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => {
                     tracing::warn!(parent = %parent, "reaper: cannot list: {e}");
                     continue;
                 }
             };
-            for snapshot in &snapshots {
-                let info = SnapshotInfo::from_dataset(snapshot, &self.driver.name);
-                if let Ok(name) = SnapshotName::parse(&info.name) {
-                    if self.reap_internal_snapshot(&name, &info, None).await {
-                        reaped += 1;
+            let ours: Vec<VolumeInfo> = volumes
+                .iter()
+                .filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name))
+                .filter(|v| v.managed)
+                .collect();
+            for batch in ours.chunks(SNAPSHOT_BATCH) {
+                let names: Vec<String> = batch.iter().map(|v| v.name.to_string()).collect();
+                let snapshots = match self.driver.zfs.get_many(&names, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot]).await {
+                    Ok(s) => s,
+                    // A volume destroyed since the listing: the next pass sees the rest.
+                    Err(e) => {
+                        tracing::info!(parent = %parent, "reaper: cannot list snapshots: {e}");
+                        continue;
+                    }
+                };
+                for snapshot in &snapshots {
+                    let info = SnapshotInfo::from_dataset(snapshot, &self.driver.name);
+                    if let Ok(name) = SnapshotName::parse(&info.name) {
+                        if self.reap_internal_snapshot(&name, &info, None).await {
+                            reaped += 1;
+                        }
                     }
                 }
             }
-            for volume in volumes.iter().filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name)) {
-                if volume.managed && volume.deleted && self.reap_deleted_volume(&volume.name).await {
+            for volume in ours.iter().filter(|v| v.deleted) {
+                if self.reap_deleted_volume(&volume.name).await {
                     reaped += 1;
                 }
             }
@@ -269,6 +286,19 @@ impl Reaper {
             tracing::info!(reaped, "reaper pass destroyed what was left behind");
         }
         reaped
+    }
+
+    /// Starts a pass in the background unless one is running: a DeleteVolume that finds its
+    /// volume gone answers at once, whatever the pass costs.
+    pub fn pass_soon(&self) {
+        if self.passing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let reaper = self.clone();
+        tokio::spawn(async move {
+            reaper.pass().await;
+            reaper.passing.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// Runs a pass now and then every `PASS_INTERVAL`, for as long as the driver runs.

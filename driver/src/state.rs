@@ -1,6 +1,8 @@
-//! What the driver keeps in ZFS itself (docs/DESIGN.md section 3): user properties given
-//! when a dataset, zvol or snapshot is created, and read back to answer any later RPC, so the
-//! driver needs no database and survives restarts and crashes at any point.
+//! What the driver keeps in ZFS itself (docs/DESIGN.md section 3): user properties set when a
+//! dataset, zvol or snapshot is created, and read back to answer any later RPC, so the driver
+//! needs no database and survives restarts and crashes. A snapshot gets its properties in the
+//! same transaction that makes it; a dataset or clone in a second one right after, which a
+//! power loss can cut off (`controller/create.rs`, `adopt`).
 
 use std::collections::BTreeMap;
 
@@ -9,6 +11,8 @@ use crate::zfs::{Dataset, DatasetName, DatasetType, PropertySource};
 /// User property names. `zfs list -o name,zfs-csi.io:pvc-name` shows an operator what each
 /// dataset is.
 pub mod prop {
+    /// What every property of ours begins with.
+    pub const PREFIX: &str = "zfs-csi.io:";
     /// The driver name that created it. Only datasets and snapshots carrying our name here
     /// are ever destroyed.
     pub const MANAGED_BY: &str = "zfs-csi.io:managed-by";

@@ -11,6 +11,19 @@ for pool in ai:vdb vms:vdc tank:vdd; do
   zpool create -f -O compression=lz4 "${pool%%:*}" "/dev/${pool##*:}" || exit 10
 done
 zfs list -o name,compression,avail
+
+# The deployed shape (tests/deployed.rs, hack/vm/container-launch.sh): a container root that is
+# this Debian root without the ZFS userland, as the image is, and the PATH the manifest sets.
+root=/run/zfs-csi-container
+mkdir -p /run/zfs-csi-overlay/upper /run/zfs-csi-overlay/work "$root"
+mount -t overlay overlay -o lowerdir=/,upperdir=/run/zfs-csi-overlay/upper,workdir=/run/zfs-csi-overlay/work "$root"
+mount --make-private "$root"
+rm -f "$root"/usr/sbin/{zfs,zpool,zdb,mount.zfs} "$root"/sbin/{zfs,zpool} 2>/dev/null
+install -m 755 /mnt/share/bin/zfs-csi "$root/usr/local/bin/zfs-csi"
+container_path=$(awk '/- name: PATH$/ {getline; sub(/^ *value: */, ""); print; exit}' /mnt/share/node.yaml)
+export ZFS_CSI_CONTAINER_ROOT=$root ZFS_CSI_CONTAINER_LAUNCH=/mnt/share/container-launch.sh
+export ZFS_CSI_CONTAINER_PATH=${container_path:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}
+echo "container PATH (deploy/base/node.yaml): $ZFS_CSI_CONTAINER_PATH"
 failed=0
 failures=()
 for t in tests/*; do

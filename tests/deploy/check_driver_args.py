@@ -6,8 +6,10 @@ downward-API env to sample values and expands Kubernetes' $(VAR) references as
 kubelet would, then runs `zfs-csi <args> --print-config` with exactly that
 environment and asserts: exit 0, and a printed configuration with the parents
 the StorageClasses need, the CSIDriver's name, the node name, and an endpoint
-the sidecars' --csi-address points at. Negative checks: an unknown flag, and a
-missing required setting, must each exit non-zero.
+the sidecars' --csi-address points at. Negative checks: an unknown flag, a
+missing required setting, and a misspelled LOG_LEVEL must each exit non-zero (the
+last naming the variable). The container's PATH must reach zfs on every host
+distribution deploy/README.md names, since nsenter looks zfs up with it.
 """
 
 import argparse
@@ -27,6 +29,16 @@ SAMPLE_FIELDS = {
     "spec.nodeName": "zfs-node-1",
     "metadata.name": "zfs-csi-node-x7k2p",
     "metadata.namespace": "zfs-csi",
+}
+
+# Where hosts keep zfs (and the image its tools): nsenter execs with the container's PATH.
+PATH_DIRS = {
+    "/usr/sbin": "Debian, Ubuntu (zfsutils-linux)",
+    "/sbin": "hosts whose /sbin is not merged into /usr",
+    "/usr/local/sbin": "Talos (the ZFS system extension)",
+    "/run/current-system/sw/bin": "NixOS",
+    "/usr/bin": "the image's nsenter, blkid, mkfs.*",
+    "/bin": "the image",
 }
 
 REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -184,6 +196,17 @@ def main():
     result = run(args.binary, [*flags, "--no-such-flag", "--print-config"], {**base_env, **env})
     verdict(result.returncode != 0,
             f"an unknown flag is refused (exit {result.returncode}: {first_line(result.stderr)})")
+
+    path = env.get("PATH", "").split(":")
+    missing = {d: why for d, why in PATH_DIRS.items() if d not in path}
+    verdict(not missing, f"PATH {env.get('PATH')!r} holds every place zfs lives"
+            + ("" if not missing else f"; missing: {missing}"))
+
+    result = run(args.binary, [*flags, "--print-config"], {**base_env, **env, "LOG_LEVEL": "debg"},
+                 "   (env LOG_LEVEL=debg)")
+    verdict(result.returncode != 0 and "LOG_LEVEL=debg" in result.stderr,
+            f"a misspelled LOG_LEVEL is refused, naming the variable (exit {result.returncode}: "
+            f"{first_line(result.stderr)})")
 
     without = {k: v for k, v in env.items() if k != "ZFS_CSI_PARENTS"}
     flags_without = [f for i, f in enumerate(flags)

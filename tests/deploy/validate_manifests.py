@@ -5,12 +5,17 @@ Each YAML document in the files given (directories are searched for *.yaml) is
 checked, and the output names what checked it:
   - Kubernetes kinds: kubernetes-validate's schemas of the pinned Kubernetes
     version, strict (an unknown field is an error);
-  - kinds from CRDs and kustomize (VolumeSnapshot, VolumeSnapshotClass,
-    VirtualMachine, Kustomization): our own JSON schemas in tests/deploy/schemas,
-    closed with additionalProperties false;
-  - a kind that neither knows is an error, never a skip.
+  - kinds from CRDs, kustomize and Flux (VolumeSnapshot, VolumeSnapshotClass,
+    VirtualMachine, CDI's StorageProfile, DataVolume, DataSource and
+    DataImportCron, kustomize's Kustomization and Component, Flux's GitRepository
+    and Kustomization): our own JSON schemas in tests/deploy/schemas, closed with
+    additionalProperties false;
+  - a kind that neither knows is an error, never a skip;
+  - a file that a kustomization names as a patch is a fragment, not an object:
+    it is checked in the kustomize builds (render_kustomizations.py) instead.
 Then cross-document checks that no schema sees: driver names, StorageClass
-parameters and pools, references between objects, kustomization resources.
+parameters and pools, references between objects, kustomization resources,
+Flux sources, paths and dependencies.
 Exits 1 if anything failed.
 """
 
@@ -29,8 +34,25 @@ OWN_SCHEMAS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): "volumesnapshot.json",
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): "volumesnapshotclass.json",
     ("kubevirt.io/v1", "VirtualMachine"): "virtualmachine.json",
+    ("cdi.kubevirt.io/v1beta1", "StorageProfile"): "storageprofile.json",
+    ("cdi.kubevirt.io/v1beta1", "DataVolume"): "datavolume.json",
+    ("cdi.kubevirt.io/v1beta1", "DataSource"): "datasource.json",
+    ("cdi.kubevirt.io/v1beta1", "DataImportCron"): "dataimportcron.json",
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"): "kustomization.json",
+    ("kustomize.config.k8s.io/v1alpha1", "Component"): "component.json",
+    ("source.toolkit.fluxcd.io/v1", "GitRepository"): "gitrepository.json",
+    ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"): "flux-kustomization.json",
 }
+
+KUSTOMIZE_KINDS = {
+    ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+    ("kustomize.config.k8s.io/v1alpha1", "Component"),
+}
+FLUX_KUSTOMIZATION = ("kustomize.toolkit.fluxcd.io/v1", "Kustomization")
+
+# The GitRepository that the Flux example (deploy/flux) names for this repository:
+# the paths of the Flux Kustomizations reading it must exist here.
+OWN_FLUX_SOURCE = "zfs-csi"
 
 # The StorageClass parameters the driver understands (OpenEBS ZFS-LocalPV's names,
 # docs/DESIGN.md section 5). The controller rejects any other key, so a typo here would
@@ -79,10 +101,35 @@ def yaml_files(paths):
             yield path
 
 
+def kind_of(doc):
+    return (doc.get("apiVersion"), doc.get("kind")) if isinstance(doc, dict) else None
+
+
+def patch_files(files):
+    """The files that kustomizations and components among `files` name as patches."""
+    patches = set()
+    for file in files:
+        if file.name != "kustomization.yaml":
+            continue
+        try:
+            doc = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # load_documents reports it
+        if kind_of(doc) in KUSTOMIZE_KINDS:
+            for patch in doc.get("patches") or []:
+                if isinstance(patch, dict) and "path" in patch:
+                    patches.add((file.parent / patch["path"]).resolve())
+    return patches
+
+
 def load_documents(files, report):
-    """Every non-empty document as (file, index, document)."""
+    """Every non-empty document as (file, index, document), less kustomize patches."""
+    patches = patch_files(files)
     docs = []
     for file in files:
+        if file.resolve() in patches:
+            print(f"  --    {file}  [a kustomize patch: checked in the builds]")
+            continue
         try:
             loaded = list(yaml.load_all(file.read_text(), Loader=UniqueKeyLoader))
         except (OSError, yaml.YAMLError) as e:
@@ -165,15 +212,31 @@ def configured_parents(container):
     return None
 
 
-def cross_checks(docs, report):
-    """What no schema sees: names that must agree across documents."""
+def repository_root(docs):
+    """The repository that holds the manifests: the parent of their deploy/ directory."""
+    for file, _, _ in docs:
+        for parent in file.resolve().parents:
+            if parent.name == "deploy":
+                return parent.parent
+    return None
+
+
+def cross_checks(docs, report, context=()):
+    """What no schema sees: names that must agree across documents. `context` holds more
+    documents that references may name (another build's), which are not checked."""
     index = {}
-    for _, _, doc in docs:
-        if isinstance(doc, dict):
-            index.setdefault(doc.get("kind"), {})[doc.get("metadata", {}).get("name")] = doc
+    for doc in [d for _, _, d in docs] + list(context):
+        if isinstance(doc, dict) and kind_of(doc) not in KUSTOMIZE_KINDS:
+            index.setdefault(doc.get("kind"), {})[(doc.get("metadata") or {}).get("name")] = doc
 
     def named(kind):
         return index.get(kind, {})
+
+    # A DataVolume's PVC has the DataVolume's name; a DataImportCron keeps its DataSource.
+    claims = set(named("PersistentVolumeClaim")) | set(named("DataVolume"))
+    data_sources = set(named("DataSource")) | {
+        (d.get("spec") or {}).get("managedDataSource") for d in named("DataImportCron").values()}
+    root = repository_root(docs)
 
     def check(what, how, problems):
         if problems:
@@ -234,17 +297,17 @@ def cross_checks(docs, report):
             if cls and cls not in named("VolumeSnapshotClass"):
                 problems.append(f"volumeSnapshotClassName {cls!r} is not defined here")
             pvc = (spec.get("source") or {}).get("persistentVolumeClaimName")
-            if pvc and pvc not in named("PersistentVolumeClaim"):
+            if pvc and pvc not in claims:
                 problems.append(f"source PVC {pvc!r} is not defined here")
             check(what, "class and source exist", problems)
-        elif kind in ("Pod", "DaemonSet"):
+        elif kind in ("Pod", "DaemonSet", "Deployment"):
             pod = spec if kind == "Pod" else spec.get("template", {}).get("spec", {})
             sa = pod.get("serviceAccountName")
             if sa and sa not in named("ServiceAccount"):
                 problems.append(f"serviceAccountName {sa!r} is not defined here")
             for volume in pod.get("volumes", []):
                 claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-                if claim and claim not in named("PersistentVolumeClaim"):
+                if claim and claim not in claims:
                     problems.append(f"volume {volume.get('name')!r}: PVC {claim!r} is not defined here")
             check(what, "service account and PVCs exist", problems)
         elif kind in ("RoleBinding", "ClusterRoleBinding"):
@@ -268,21 +331,83 @@ def cross_checks(docs, report):
             for iface in devices.get("interfaces", []):
                 if iface.get("name") not in networks:
                     problems.append(f"interface {iface.get('name')!r} has no network of that name")
+            templates = {(t.get("metadata") or {}).get("name"): t for t in spec.get("dataVolumeTemplates", [])}
             for volume in volumes.values():
                 claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-                if claim and claim not in named("PersistentVolumeClaim"):
+                if claim and claim not in claims:
                     problems.append(f"volume {volume.get('name')!r}: PVC {claim!r} is not defined here")
-            check(what, "disks match volumes, interfaces match networks, PVCs exist", problems)
-        elif kind == "Kustomization":
-            base = file.parent
-            for resource in doc.get("resources", []):
-                if not (base / resource).exists():
-                    problems.append(f"resource {resource!r} does not exist")
-            listed = {(base / r).resolve() for r in doc.get("resources", [])}
-            for manifest in sorted(base.glob("*.yaml")):
-                if manifest.name != "kustomization.yaml" and manifest.resolve() not in listed:
-                    problems.append(f"{manifest.name} is beside it but not in resources")
-            check(what, "resources exist, every manifest beside it listed", problems)
+                data_volume = (volume.get("dataVolume") or {}).get("name")
+                if data_volume and data_volume not in templates and data_volume not in named("DataVolume"):
+                    problems.append(f"volume {volume.get('name')!r}: DataVolume {data_volume!r} is neither a "
+                                    "dataVolumeTemplate nor defined here")
+            for name, template in templates.items():
+                problems.extend(f"dataVolumeTemplate {name!r}: {p}"
+                                for p in data_volume_problems(template.get("spec") or {}, named, data_sources))
+            check(what, "disks match volumes, interfaces match networks, PVCs and DataVolumes exist", problems)
+        elif kind == "StorageProfile":
+            if doc["metadata"]["name"] not in named("StorageClass"):
+                problems.append(f"no StorageClass {doc['metadata']['name']!r}: a StorageProfile is named after its class")
+            check(what, "its StorageClass exists", problems)
+        elif kind == "DataVolume":
+            check(what, "class and source exist", data_volume_problems(spec, named, data_sources))
+        elif kind == "DataImportCron":
+            problems = data_volume_problems((spec.get("template") or {}).get("spec") or {}, named, data_sources)
+            check(what, "class exists", problems)
+        elif kind == "DataSource":
+            pvc = (spec.get("source") or {}).get("pvc")
+            if pvc and pvc.get("name") not in claims:
+                problems.append(f"source PVC {pvc.get('name')!r} is neither a PVC nor a DataVolume here")
+            check(what, "source exists", problems)
+        elif kind_of(doc) in KUSTOMIZE_KINDS:
+            check(what, "resources, components and patches exist, every manifest beside it listed",
+                  kustomization_problems(file, doc))
+        elif kind_of(doc) == FLUX_KUSTOMIZATION:
+            source = spec.get("sourceRef") or {}
+            if source.get("name") not in named(source.get("kind")):
+                problems.append(f"sourceRef {source.get('kind')} {source.get('name')!r} is not defined here")
+            flux = {n for n, d in named("Kustomization").items() if kind_of(d) == FLUX_KUSTOMIZATION}
+            for dependency in spec.get("dependsOn", []):
+                if dependency.get("name") not in flux:
+                    problems.append(f"dependsOn {dependency.get('name')!r}: no Flux Kustomization of that name here")
+            if source.get("name") == OWN_FLUX_SOURCE and root is not None:
+                path = root / spec.get("path", ".")
+                if not (path / "kustomization.yaml").is_file():
+                    problems.append(f"path {spec.get('path')!r} has no kustomization.yaml in this repository")
+                for component in spec.get("components", []):
+                    if not (path / component / "kustomization.yaml").is_file():
+                        problems.append(f"component {component!r} (relative to path) does not exist")
+            check(what, "source and dependencies exist; path and components exist in this repository", problems)
+
+
+def data_volume_problems(spec, named, data_sources):
+    """What a DataVolume spec (or template) refers to that is not defined."""
+    problems = []
+    cls = (spec.get("storage") or {}).get("storageClassName")
+    if cls and cls not in named("StorageClass"):
+        problems.append(f"storageClassName {cls!r} is not defined here")
+    ref = spec.get("sourceRef")
+    if ref and ref.get("name") not in data_sources:
+        problems.append(f"sourceRef DataSource {ref.get('name')!r} is not defined here (nor managed by a DataImportCron)")
+    return problems
+
+
+def kustomization_problems(file, doc):
+    base = file.parent
+    problems = []
+    patches = [p["path"] for p in doc.get("patches", []) if "path" in p]
+    for entry in doc.get("resources", []) + patches:
+        if not (base / entry).exists():
+            problems.append(f"{entry!r} does not exist")
+    for component in doc.get("components", []):
+        target = base / component / "kustomization.yaml"
+        loaded = yaml.safe_load(target.read_text()) if target.is_file() else None
+        if kind_of(loaded) != ("kustomize.config.k8s.io/v1alpha1", "Component"):
+            problems.append(f"component {component!r} is not a directory with a kind: Component kustomization")
+    listed = {(base / entry).resolve() for entry in doc.get("resources", []) + patches}
+    for manifest in sorted(base.glob("*.yaml")):
+        if manifest.name != "kustomization.yaml" and manifest.resolve() not in listed:
+            problems.append(f"{manifest.name} is beside it but neither a resource nor a patch")
+    return problems
 
 
 def main():

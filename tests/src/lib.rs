@@ -56,8 +56,23 @@ impl DriverProcess {
         Self::start_on(dir, socket, extra_args).await
     }
 
+    /// Starts the driver as the DaemonSet runs it: in a mount namespace of its own, in a root
+    /// without the ZFS userland, reaching the host's `zfs` through nsenter into the mount
+    /// namespace of `host_pid` (see hack/vm/container-launch.sh; only inside the test VM).
+    pub async fn start_in_container(parents: &str, host_pid: u32) -> Self {
+        let launcher = std::env::var_os("ZFS_CSI_CONTAINER_LAUNCH")
+            .expect("ZFS_CSI_CONTAINER_LAUNCH: the deployed-shape tests run in the VM, through hack/test.sh");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("csi.sock");
+        Self::launch(Some((PathBuf::from(launcher), host_pid)), dir, socket, &["--parents", parents]).await
+    }
+
     /// Starts the driver on `socket` (kept in `dir`, which lives as long as the process).
     pub async fn start_on(dir: tempfile::TempDir, socket: PathBuf, extra_args: &[&str]) -> Self {
+        Self::launch(None, dir, socket, extra_args).await
+    }
+
+    async fn launch(container: Option<(PathBuf, u32)>, dir: tempfile::TempDir, socket: PathBuf, extra_args: &[&str]) -> Self {
         let mut args = vec![
             format!("--endpoint=unix://{}", socket.display()),
             format!("--node-id={NODE_ID}"),
@@ -66,7 +81,15 @@ impl DriverProcess {
         args.extend(extra_args.iter().map(|s| s.to_string()));
         // Test volumes are staged and published in temporary directories: they stand for the
         // kubelet directory (a test's own --kubelet-dir flag overrides this).
-        let child = Command::new(driver_binary())
+        let mut command = match &container {
+            Some((launcher, host_pid)) => {
+                let mut c = Command::new(launcher);
+                c.env("ZFS_CSI_HOST_PID", host_pid.to_string());
+                c
+            }
+            None => Command::new(driver_binary()),
+        };
+        let child = command
             .args(&args)
             .env("KUBELET_DIR", std::env::temp_dir())
             .stdin(Stdio::null())
@@ -217,6 +240,24 @@ pub fn zfs_inventory() -> String {
     zfs(&["list", "-H", "-p", "-t", "all", "-o", "name,type,guid"])
 }
 
+/// Writes `bytes` of pseudo-random data to `path` and syncs it: data that lz4 (on every test
+/// pool) cannot compress away, so it takes that much space.
+pub fn write_incompressible(path: &Path, bytes: usize) {
+    use std::io::Write;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ bytes as u64;
+    let data: Vec<u8> = (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut file = std::fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    file.write_all(&data).expect("write");
+    file.sync_all().expect("sync");
+}
+
 /// The mount points in the mount table under `prefix`.
 pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
     zfs_csi::mount::mount_table()
@@ -225,6 +266,20 @@ pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
         .map(|m| m.mount_point)
         .filter(|p| p.starts_with(prefix))
         .collect()
+}
+
+/// Unmounts `path` as a test's own setup step. EBUSY is retried for a while: while another
+/// test thread forks a child (the driver, mkfs), the child holds a copy of every open file
+/// descriptor until it execs, and a file just closed here may be one of them.
+pub fn umount_retrying(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match nix::mount::umount(path) {
+            Ok(()) => return,
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("umount {}: {e}", path.display()),
+        }
+    }
 }
 
 pub fn is_mount_point(path: &Path) -> bool {

@@ -17,6 +17,9 @@ pub enum ZfsError {
     NoSpace(String),
     #[error("{0}: invalid argument")]
     Invalid(String),
+    /// A size ZFS cannot give the dataset (a quota below what it already holds).
+    #[error("{0}: size out of range")]
+    OutOfRange(String),
     #[error("could not run `{command}`: {reason}")]
     Unavailable { command: String, reason: String },
     #[error("`{command}` did not finish within {after:?}")]
@@ -28,8 +31,11 @@ pub enum ZfsError {
 }
 
 /// The kind of failure a `zfs`/`zpool` error message names, in the order the patterns are
-/// tried. The patterns are the messages of OpenZFS 2.1 to 2.3 (lib/libzfs/libzfs_util.c and
-/// the commands' own messages).
+/// tried. The patterns are the messages of OpenZFS 2.1 to 2.3 (lib/libzfs/libzfs_util.c,
+/// libzfs_dataset.c, libzfs_crypto.c and the commands' own messages).
+///
+/// `Invalid` and `OutOfRange` are final: the same request fails the same way however often it
+/// is retried, so they must not end up as INTERNAL, which a CO retries forever.
 const PATTERNS: &[(&str, Kind)] = &[
     ("dataset does not exist", Kind::NotFound),
     ("no such pool", Kind::NotFound),
@@ -46,7 +52,17 @@ const PATTERNS: &[(&str, Kind)] = &[
     ("out of space", Kind::NoSpace),
     ("size is greater than available space", Kind::NoSpace),
     ("insufficient replicas", Kind::NoSpace),
+    // zfs_setprop_error: a quota below the space the dataset already uses.
+    ("size is less than current used or reserved space", Kind::OutOfRange),
+    ("volume size exceeds limit", Kind::OutOfRange),
     ("invalid", Kind::Invalid),
+    // zfs_valid_proplist: a set-once property on `zfs clone` or `zfs set`.
+    ("is readonly", Kind::Invalid),
+    ("property is read-only", Kind::Invalid),
+    // zfs_crypto_clone_check: encryption properties on `zfs clone`.
+    ("must inherit", Kind::Invalid),
+    ("property setting is not allowed", Kind::Invalid),
+    ("operation not applicable to datasets of this type", Kind::Invalid),
     ("bad numeric value", Kind::Invalid),
     ("bad property value", Kind::Invalid),
     ("must be a multiple of volume block size", Kind::Invalid),
@@ -65,6 +81,7 @@ enum Kind {
     Busy,
     NoSpace,
     Invalid,
+    OutOfRange,
 }
 
 impl ZfsError {
@@ -86,6 +103,7 @@ impl ZfsError {
             Some(Kind::Busy) => ZfsError::Busy(detail),
             Some(Kind::NoSpace) => ZfsError::NoSpace(detail),
             Some(Kind::Invalid) => ZfsError::Invalid(detail),
+            Some(Kind::OutOfRange) => ZfsError::OutOfRange(detail),
             None => ZfsError::Failed { command, stderr },
         }
     }
@@ -149,6 +167,30 @@ mod tests {
         assert!(matches!(
             classify("cannot create 'vms/a': 'compression' must be one of 'on | off | lzjb'"),
             ZfsError::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn errors_no_retry_can_fix_are_final_kinds() {
+        for stderr in [
+            "cannot create 'vms/c': 'volblocksize' is readonly",
+            "cannot create 'vms/c': Encryption properties must inherit from origin dataset.",
+            "cannot set property for 'vms/a': volume size must be a multiple of volume block size",
+            "cannot set property for 'vms/a': 'volblocksize' is readonly",
+            "cannot set property for 'vms/a': property setting is not allowed on bootable datasets",
+        ] {
+            assert!(matches!(classify(stderr), ZfsError::Invalid(_)), "{stderr}");
+        }
+        for stderr in [
+            "cannot set property for 'vms/a': size is less than current used or reserved space",
+            "cannot create 'vms/c': size is less than current used or reserved space",
+            "cannot set property for 'vms/a': volume size exceeds limit for this system",
+        ] {
+            assert!(matches!(classify(stderr), ZfsError::OutOfRange(_)), "{stderr}");
+        }
+        assert!(matches!(
+            classify("cannot set property for 'vms/a': size is greater than available space"),
+            ZfsError::NoSpace(_)
         ));
     }
 

@@ -10,7 +10,7 @@ pub use error::ZfsError;
 pub use name::{validate_component, DatasetName, NameError, SnapshotName};
 pub use types::{Dataset, DatasetType, Pool, PropertySource, PropertyValue};
 
-use crate::process::{ProcessError, ProcessRunner};
+use crate::process::{Finished, ProcessError, ProcessRunner};
 
 /// Properties given to `zfs create/snapshot/clone -o` or `zfs set`, in order.
 pub type Properties = Vec<(String, String)>;
@@ -148,15 +148,20 @@ impl Zfs {
     }
 
     async fn run_with_input(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<String> {
-        let finished = self.runner.run_with_input(program, args, input).await.map_err(|e| match e {
-            ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
-            ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
-        })?;
+        let finished = self.run_to_end(program, args, input).await?;
         if finished.success() {
             Ok(finished.stdout)
         } else {
             Err(ZfsError::from_stderr(finished.command, finished.stderr))
         }
+    }
+
+    /// Runs a command to its end, successful or not; an error only when it could not run.
+    async fn run_to_end(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<Finished> {
+        self.runner.run_with_input(program, args, input).await.map_err(|e| match e {
+            ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
+            ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
+        })
     }
 
     async fn zfs(&self, args: Vec<String>) -> Result<String> {
@@ -168,7 +173,10 @@ impl Zfs {
         Ok(self.zfs(strings(["version"])).await?.trim().replace('\n', ", "))
     }
 
-    /// `zfs create -o …`: the properties are set atomically with the creation.
+    /// `zfs create -o …`. One ioctl, but not one transaction: OpenZFS creates the dataset in
+    /// one sync task and sets the properties in a second (`zfs_ioc_create`: "It would be nice
+    /// to do this atomically"). A property ZFS refuses makes the ioctl destroy the new dataset
+    /// again; a power loss between the two sync tasks leaves it without any of `properties`.
     pub async fn create_filesystem(&self, name: &DatasetName, properties: &Properties) -> Result<()> {
         let mut args = strings(["create"]);
         args.extend(option_args(properties));
@@ -176,7 +184,9 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
-    /// `zfs create [-s] -V size -o …`.
+    /// `zfs create [-s] -V size -o …`: as `create_filesystem`, two sync tasks. `volsize`,
+    /// `volblocksize` and the encryption properties are part of the first; the rest,
+    /// including the `refreservation` libzfs adds for a non-sparse zvol, of the second.
     pub async fn create_volume(
         &self,
         name: &DatasetName,
@@ -194,6 +204,8 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
+    /// `zfs snapshot -o …`: atomic. The snapshot and its (user) properties are made in one
+    /// sync task (`dsl_dataset_snapshot_sync`), so a snapshot never exists without them.
     pub async fn snapshot(&self, snapshot: &SnapshotName, properties: &Properties) -> Result<()> {
         let mut args = strings(["snapshot"]);
         args.extend(option_args(properties));
@@ -201,6 +213,9 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
+    /// `zfs clone -o …`: as `create_filesystem`, two sync tasks (`zfs_ioc_clone`). A clone
+    /// takes its origin's set-once properties (`volblocksize`, encryption, `casesensitivity`,
+    /// …): ZFS refuses them here.
     pub async fn clone_snapshot(
         &self,
         origin: &SnapshotName,
@@ -259,6 +274,17 @@ impl Zfs {
         depth: Depth,
         types: &[DatasetType],
     ) -> Result<Vec<Dataset>> {
+        self.get_many(&[target.zfs_name()], properties, depth, types).await
+    }
+
+    /// `zfs get` of several datasets in one command (one process, however many).
+    pub async fn get_many(
+        &self,
+        targets: &[String],
+        properties: &[&str],
+        depth: Depth,
+        types: &[DatasetType],
+    ) -> Result<Vec<Dataset>> {
         let mut args = strings(["get", "-H", "-p", "-o", "name,property,value,source"]);
         match depth {
             Depth::Itself => {}
@@ -270,10 +296,37 @@ impl Zfs {
             args.extend(["-t".to_string(), types.join(",")]);
         }
         args.push(properties.join(","));
-        args.push(target.zfs_name());
+        args.extend(targets.iter().cloned());
         let command = format!("zfs {}", args.join(" "));
         let output = self.zfs(args).await?;
         types::parse_get_output(&output).map_err(|reason| ZfsError::Parse { command, reason })
+    }
+
+    /// The properties of those of `targets` that exist, in one command per 256 targets: a
+    /// lookup of known names costs one open each, however many other snapshots the datasets
+    /// have. `zfs get` reports a missing target on standard error and carries on with the
+    /// others; any other error fails the call.
+    pub async fn get_existing(&self, targets: &[String], properties: &[&str]) -> Result<Vec<Dataset>> {
+        let mut found = Vec::new();
+        for chunk in targets.chunks(256) {
+            let mut args = strings(["get", "-H", "-p", "-o", "name,property,value,source"]);
+            args.push(properties.join(","));
+            args.extend(chunk.iter().cloned());
+            let command = format!("zfs {}", args.join(" "));
+            let finished = self.run_to_end("zfs", &args, None).await?;
+            if !finished.success() {
+                let other = finished
+                    .stderr
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .find(|l| !ZfsError::from_stderr(command.clone(), l.to_string()).is_not_found());
+                if let Some(line) = other {
+                    return Err(ZfsError::from_stderr(finished.command, line.to_string()));
+                }
+            }
+            found.extend(types::parse_get_output(&finished.stdout).map_err(|reason| ZfsError::Parse { command, reason })?);
+        }
+        Ok(found)
     }
 
     /// The properties of one dataset or snapshot; `NotFound` when it does not exist.
