@@ -6,7 +6,7 @@
 # README quotes them. About 20 minutes in the VM at full size. The guest's out/ (with the
 # drivers' log) and console log are kept in target/bench-scale/.
 # Env (smaller counts to iterate fast): SCALE_VOLUMES (1000), SCALE_SNAPSHOTS (20000),
-#   SCALE_FOREIGN_DATASETS (50), SCALE_SAMPLES (20), SCALE_LIST_SAMPLES (5),
+#   SCALE_FOREIGN_DATASETS (50), SCALE_SAMPLES (20), SCALE_HEAVY_SAMPLES (5),
 #   SCALE_ZVOL_EVERY (10), SCALE_CONCURRENCY (32), SCALE_COUNT_REPS (3); and run-vm.sh's
 #   MEM, TIMEOUT.
 set -euo pipefail
@@ -20,7 +20,7 @@ trap 'rm -rf "$keep"; mkdir -p "$keep"; cp -r "$share/out" "$share/console.log" 
 mkdir -p "$share/bin"
 cp target/release/zfs-csi target/release/zfs-csi-scale "$share/bin/"
 cp hack/vm/bench-scale.sh "$share/run.sh"
-for var in SCALE_VOLUMES SCALE_SNAPSHOTS SCALE_FOREIGN_DATASETS SCALE_SAMPLES SCALE_LIST_SAMPLES SCALE_ZVOL_EVERY SCALE_CONCURRENCY SCALE_COUNT_REPS; do
+for var in SCALE_VOLUMES SCALE_SNAPSHOTS SCALE_FOREIGN_DATASETS SCALE_SAMPLES SCALE_HEAVY_SAMPLES SCALE_ZVOL_EVERY SCALE_CONCURRENCY SCALE_COUNT_REPS; do
   value=${!var:-}
   [ -z "$value" ] && continue
   [[ "$value" =~ ^[0-9]+$ ]] || { echo "$var=$value: a number is needed" >&2; exit 2; }
