@@ -79,13 +79,15 @@ struct NixosLikeHost(Child);
 
 impl NixosLikeHost {
     fn start() -> Self {
+        // The binaries are copied to the root filesystem (/run is mounted noexec here, unlike
+        // the /nix/store that NixOS's /run/current-system points into).
         let script = r#"
             set -e
-            mkdir -p /run/nixos-like/bin
-            for tool in zfs zpool; do cp "$(command -v $tool)" /run/nixos-like/bin/; done
+            mkdir -p /var/tmp/nixos-like/bin
+            for tool in zfs zpool; do cp "$(command -v $tool)" /var/tmp/nixos-like/bin/; done
             mount --make-rprivate /
             mkdir -p /run/current-system/sw/bin
-            mount --bind /run/nixos-like/bin /run/current-system/sw/bin
+            mount --bind /var/tmp/nixos-like/bin /run/current-system/sw/bin
             for tool in zfs zpool; do mount --bind /dev/null "/usr/sbin/$tool"; done
             echo ready
             exec sleep 3600

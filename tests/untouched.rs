@@ -79,6 +79,19 @@ async fn bad_create_requests_get_the_spec_codes_and_create_nothing() {
             "vms/none@none",
         ),
         (
+            // Placed on this node by the provisioner, the source elsewhere: back to the scheduler.
+            csi::CreateVolumeRequest {
+                volume_content_source: snapshot_source("vms/none@none"),
+                accessibility_requirements: Some(csi::TopologyRequirement {
+                    requisite: vec![csi::Topology { segments: [("zfs-csi.io/node".to_string(), NODE_ID.to_string())].into() }],
+                    preferred: vec![],
+                }),
+                ..ok.clone()
+            },
+            Code::ResourceExhausted,
+            "made on the node that holds its source",
+        ),
+        (
             csi::CreateVolumeRequest { volume_content_source: volume_source("vms/none"), ..ok.clone() },
             Code::NotFound,
             "vms/none",

@@ -57,6 +57,23 @@ pub(super) fn content_source_from_property(value: &str) -> Option<csi::VolumeCon
 pub(super) const SOURCE_PROPERTIES: &[&str] = &["volblocksize", "encryption", "keyformat", "keylocation", "encryptionroot", "referenced"];
 
 impl ControllerService {
+    /// A source that is not on this node, for a volume the provisioner placed here: ZFS clones
+    /// stay on their source's node, so this node can never make it. RESOURCE_EXHAUSTED is the
+    /// code on which csi-provisioner, under WaitForFirstConsumer, hands the PVC back to the
+    /// scheduler; NOT_FOUND would have it retry here for good. Which node holds the source
+    /// cannot be known here (IDs name datasets, not nodes): the message says where it is not.
+    pub(super) fn source_elsewhere(&self, placed: bool, status: Status) -> Status {
+        if !placed || status.code() != tonic::Code::NotFound {
+            return status;
+        }
+        Status::resource_exhausted(format!(
+            "{} on node {}: a clone or restore is made on the node that holds its source; \
+             schedule the pod on that node (deploy/README.md, \"Clones and restores across nodes\")",
+            status.message(),
+            self.driver.node_id
+        ))
+    }
+
 
     /// Finds the snapshot a clone comes from: the given one, or for a volume source the one
     /// the driver will take of it (marked internal). NOT_FOUND when the source is gone;

@@ -14,6 +14,9 @@ pub(super) struct VolumeRequest {
     pub(super) range: Option<csi::CapacityRange>,
     pub(super) params: VolumeParams,
     pub(super) source: Option<ContentSource>,
+    /// The provisioner placed the volume on a node (accessibility requirements were sent, as
+    /// with topology-aware provisioning under WaitForFirstConsumer).
+    pub(super) placed: bool,
 }
 
 impl VolumeRequest {
@@ -265,17 +268,18 @@ impl ControllerService {
         if kind == VolumeKind::Filesystem && params.volblocksize.is_some() {
             return Err(Status::invalid_argument("volblocksize applies to zvols only (block or ext4/xfs/btrfs)"));
         }
+        let placed = req.accessibility_requirements.is_some();
         let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
             Some(volume_content_source::Type::Snapshot(s)) => Some(ContentSource::Snapshot(
-                self.driver
-                    .snapshot_name(&s.snapshot_id)?
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?,
+                self.driver.snapshot_name(&s.snapshot_id)?.ok_or_else(|| {
+                    self.source_elsewhere(placed, Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))
+                })?,
             )),
             Some(volume_content_source::Type::Volume(v)) => Some(ContentSource::Volume(
-                self.driver
-                    .volume_name(&v.volume_id)?
-                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?,
+                self.driver.volume_name(&v.volume_id)?.ok_or_else(|| {
+                    self.source_elsewhere(placed, Status::not_found(format!("source volume {} does not exist", v.volume_id)))
+                })?,
             )),
         };
         let name = parent
@@ -290,6 +294,7 @@ impl ControllerService {
             range: req.capacity_range,
             params,
             source,
+            placed,
         };
         // A clone's size is settled once its source is known (`create_volume`); the range is
         // checked here all the same, in the spec's order.
@@ -560,6 +565,7 @@ mod tests {
             range: None,
             params: VolumeParams::parse(&parameters).unwrap(),
             source: None,
+            placed: false,
         }
     }
 

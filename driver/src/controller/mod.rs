@@ -58,7 +58,10 @@ impl Controller for ControllerService {
         let _lock = self.driver.lock(LockKey::Volume(request.name.to_string()))?;
         let origin = match &request.source {
             Some(source) => {
-                let origin = self.resolve_source(&request, source).await?;
+                let origin = self
+                    .resolve_source(&request, source)
+                    .await
+                    .map_err(|status| self.source_elsewhere(request.placed, status))?;
                 // Without a size, a clone is as large as its source; a zvol clone's size is a
                 // multiple of its origin's volblocksize, which it keeps.
                 let granule = request.granule(Some(&origin));
