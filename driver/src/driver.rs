@@ -122,7 +122,7 @@ impl Driver {
     /// zvol's page cache is written out). When that cannot be done the snapshot is still taken,
     /// crash-consistent, as `zfs snapshot` alone would.
     pub async fn take_snapshot(&self, snapshot: &SnapshotName, properties: &crate::zfs::Properties) -> Result<(), crate::zfs::ZfsError> {
-        let device = std::fs::canonicalize(format!("/dev/zvol/{}", snapshot.dataset())).ok();
+        let device = crate::format::zvol_device_now(snapshot.dataset().as_str());
         let frozen = match device {
             Some(device) => {
                 let what = format!("quiescing {} for snapshot {snapshot}", snapshot.dataset());

@@ -121,6 +121,12 @@ fn parse_blkid_export(stdout: &str) -> DeviceContent {
     }
 }
 
+/// `/dev/zdN` of the zvol `dataset` as it is now: `None` when there is no link (a dataset, a
+/// zvol udev has not linked yet or any more).
+pub fn zvol_device_now(dataset: &str) -> Option<PathBuf> {
+    std::fs::canonicalize(format!("/dev/zvol/{dataset}")).ok()
+}
+
 /// `/dev/zvol/<dataset>`, resolved to the kernel's `/dev/zdN` once udev has made the link.
 /// The link appears some time after `zfs create -V` or `zfs clone`; poll with a deadline.
 pub async fn wait_for_zvol(dataset: &str, deadline: Duration) -> Result<PathBuf, FormatError> {

@@ -143,7 +143,8 @@ fn all_mount_tables() -> Result<Vec<MountEntry>, MountError> {
     Ok(table)
 }
 
-/// The kernel's name of a block device (`zd0` for `/dev/zd0`).
+/// The kernel's name of a block device (`zd0` for `/dev/zd0`), which is also what a bind
+/// mount of its device node shows as its root in mountinfo, and its directory in sysfs.
 pub fn device_name(device: &Path) -> String {
     device.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
 }

@@ -129,14 +129,8 @@ fn volume_path_arg(value: &str) -> Result<PathBuf, Status> {
     Ok(path)
 }
 
-/// The file name of a zvol's kernel device (`zd0`), which is what a bind mount of the device
-/// node shows as its root in mountinfo.
-fn device_file_name(device: &Path) -> String {
-    device.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
-}
-
 fn is_device_bind(entry: &MountEntry, device: &Path) -> bool {
-    entry.root.rsplit('/').next() == Some(device_file_name(device).as_str()) && entry.root != "/"
+    entry.root.rsplit('/').next() == Some(mount::device_name(device).as_str()) && entry.root != "/"
 }
 
 /// Whether the driver may make a filesystem on a zvol on which `blkid` finds nothing: only on
@@ -154,13 +148,13 @@ fn may_format(volume: &VolumeInfo) -> bool {
 /// Whether the kernel holds a block device read-only (sysfs `ro`, which `blockdev --setro`
 /// sets).
 fn device_read_only(device: &Path) -> bool {
-    std::fs::read_to_string(format!("/sys/class/block/{}/ro", device_file_name(device)))
+    std::fs::read_to_string(format!("/sys/class/block/{}/ro", mount::device_name(device)))
         .is_ok_and(|ro| ro.trim() == "1")
 }
 
 /// The size of a block device, from sysfs (512-byte sectors).
 fn device_size(device: &Path) -> Option<u64> {
-    let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", device_file_name(device))).ok()?;
+    let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", mount::device_name(device))).ok()?;
     sectors.trim().parse::<u64>().ok().map(|s| s * 512)
 }
 
@@ -419,7 +413,7 @@ impl NodeService {
     /// read-only flag a read-only raw block publish gave it.
     async fn release_device(&self, name: &DatasetName) -> Result<(), Status> {
         // Only zvols have the link; a dataset's name finds nothing here.
-        let Ok(device) = std::fs::canonicalize(format!("/dev/zvol/{name}")) else {
+        let Some(device) = format::zvol_device_now(name.as_str()) else {
             return Ok(());
         };
         if !device_read_only(&device) {

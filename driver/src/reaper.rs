@@ -64,7 +64,7 @@ impl Reaper {
     /// (a mounted filesystem, a zvol mounted, bind-mounted for raw block, held or open) is
     /// FAILED_PRECONDITION naming what holds it, with everything untouched.
     pub async fn delete_volume(&self, name: &DatasetName) -> Result<Deleted, Status> {
-        let device = zvol_device(name);
+        let device = crate::format::zvol_device_now(name.as_str());
         let users = self.users(name, device.clone(), false).await?;
         if !users.is_empty() {
             // Only ours are refused: DeleteVolume of an imported volume leaves it in place
@@ -310,11 +310,6 @@ impl Reaper {
             }
         });
     }
-}
-
-/// `/dev/zdN` of a zvol, when its link exists (a dataset has none).
-fn zvol_device(name: &DatasetName) -> Option<std::path::PathBuf> {
-    std::fs::canonicalize(format!("/dev/zvol/{name}")).ok()
 }
 
 fn in_use(name: &DatasetName, users: &[String]) -> Status {
