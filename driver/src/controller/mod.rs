@@ -317,18 +317,27 @@ impl Controller for ControllerService {
             .snapshot(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
         let _lock = self.driver.lock(LockKey::Snapshot(req.name.clone()))?;
-        // The volumes below the parents, then the name looked up on each of them: a cost that
-        // grows with the datasets, never with the snapshots they have (sanoid's thousands).
-        let datasets = self
-            .list_below_parents(VOLUME_PROPERTIES, &[DatasetType::Filesystem, DatasetType::Volume])
-            .await?;
-        let volumes: Vec<VolumeInfo> = datasets
-            .iter()
-            .filter_map(|d| VolumeInfo::from_dataset(d, &self.driver.name))
-            .filter(|v| self.driver.is_within_parents(&v.name))
-            .collect();
+        // Which datasets below the parents have a snapshot of this name, found in the kernel
+        // by a read-only channel program per parent: the cost grows with the datasets, never
+        // with the snapshots they hold (sanoid's thousands), and no dataset's properties are
+        // read but those of the few snapshots found.
         let mut candidates = vec![snapshot.to_string()];
-        candidates.extend(volumes.iter().filter(|v| v.name != source).map(|v| format!("{}@{}", v.name, req.name)));
+        for parent in &self.driver.parents {
+            match self.driver.zfs.datasets_with_snapshot(parent, &req.name).await {
+                Ok(found) => candidates.extend(found.into_iter().map(|d| format!("{d}@{}", req.name))),
+                // A node may lack some of the parents' pools.
+                Err(ZfsError::NotFound(_)) => {}
+                Err(e) => return Err(zfs_status(&format!("looking up snapshot name {} below {parent}", req.name), e)),
+            }
+        }
+        candidates.sort();
+        candidates.dedup();
+        candidates.retain(|c| {
+            c == &snapshot.to_string()
+                || SnapshotName::parse(c).is_ok_and(|s| self.driver.is_within_parents(s.dataset()))
+        });
+        // The source's own snapshot first: its position is what the checks below rely on.
+        candidates.sort_by_key(|c| c != &snapshot.to_string());
         let same_name: Vec<SnapshotInfo> = self
             .driver
             .zfs
@@ -350,9 +359,11 @@ impl Controller for ControllerService {
                 req.name, other.name
             )));
         }
-        let volume = volumes
-            .into_iter()
-            .find(|v| v.name == source && !v.deleted)
+        let volume = self
+            .driver
+            .volume(&source)
+            .await?
+            .filter(|v| !v.deleted)
             .ok_or_else(|| Status::not_found(format!("source volume {source} does not exist")))?;
         let props: Properties = vec![
             (prop::MANAGED_BY.to_string(), self.driver.name.clone()),

@@ -101,6 +101,24 @@ if err ~= 0 then return "refused " .. err end
 return "destroyed " .. (origin or "")
 "#;
 
+/// A read-only ZFS channel program: the filesystems and volumes at or below `parent` that have
+/// a snapshot named `snap`, separated by tabs (which no dataset name holds). The walk happens
+/// in the kernel, one existence check per dataset: its cost grows with the datasets, never with
+/// the snapshots they hold (sanoid's thousands), and it needs no transaction group (`-n`).
+const DATASETS_WITH_SNAPSHOT: &str = r#"
+local argv = (...)["argv"]
+local parent, snap = argv[1], argv[2]
+if not zfs.exists(parent) then return "" end
+local found = {}
+local pending = {parent}
+while #pending > 0 do
+  local ds = table.remove(pending)
+  if zfs.exists(ds .. "@" .. snap) then found[#found + 1] = ds end
+  for child in zfs.list.children(ds) do pending[#pending + 1] = child end
+end
+return table.concat(found, "\t")
+"#;
+
 /// The string a channel program returned: `return: '<value>'` in `zfs program`'s output.
 fn channel_program_result(output: &str) -> Option<&str> {
     let line = output.lines().find_map(|l| l.trim().strip_prefix("return: "))?;
@@ -244,6 +262,20 @@ impl Zfs {
         channel_program_result(&output)
             .and_then(parse_owned_delete)
             .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {output:?}") })
+    }
+
+    /// The filesystems and volumes at or below `parent` that have a snapshot named `snap`
+    /// (see `DATASETS_WITH_SNAPSHOT`): one process per parent, whatever the snapshot count.
+    pub async fn datasets_with_snapshot(&self, parent: &DatasetName, snap: &str) -> Result<Vec<String>> {
+        let args: Vec<String> = ["program", "-n", parent.pool(), "/dev/stdin", parent.as_str(), snap]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let command = format!("zfs {}", args.join(" "));
+        let output = self.run_with_input("zfs", &args, Some(DATASETS_WITH_SNAPSHOT.as_bytes())).await?;
+        let found = channel_program_result(&output)
+            .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {output:?}") })?;
+        Ok(found.split('\t').filter(|n| !n.is_empty()).map(str::to_string).collect())
     }
 
     pub async fn destroy_snapshot(&self, snapshot: &SnapshotName, mode: Destroy) -> Result<()> {
