@@ -53,6 +53,16 @@ pub struct Config {
     #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet", value_parser = parse_absolute_dir)]
     pub kubelet_dir: PathBuf,
 
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9813), path /metrics.
+    /// Off unless set.
+    #[arg(long, env = "ZFS_CSI_METRICS_ADDRESS")]
+    pub metrics_address: Option<SocketAddr>,
+
+    /// Seconds for which the pool and volume figures read from ZFS are reused between
+    /// scrapes; RPC and command figures are always current.
+    #[arg(long, env = "ZFS_CSI_METRICS_CACHE_SECONDS", default_value_t = 30)]
+    pub metrics_cache_seconds: u64,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

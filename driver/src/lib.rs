@@ -15,6 +15,7 @@ pub mod errors;
 pub mod format;
 pub mod identity;
 pub mod locks;
+pub mod metrics;
 pub mod mount;
 pub mod node;
 pub mod params;

@@ -72,6 +72,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
         thaw_left_frozen(driver.kubelet_dir.clone());
         reaper.clone().spawn_periodic();
     };
+    if let Some(address) = config.metrics_address {
+        crate::metrics::Exporter::new(Arc::clone(&driver), Duration::from_secs(config.metrics_cache_seconds))
+            .spawn(address)
+            .await?;
+    }
     let router = Server::builder()
         .layer(tower::layer::layer_fn(RpcLog))
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(&driver))))
@@ -169,7 +174,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+        let path = request.uri().path().to_string();
+        let method = path.rsplit('/').next().unwrap_or_default().to_string();
         let span = tracing::info_span!("rpc", method = %method);
         let started = Instant::now();
         let response = self.0.call(request);
@@ -178,16 +184,21 @@ where
                 let response = response.await?;
                 // Handler errors are trailers-only responses: the status is in the headers.
                 let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-                match header("grpc-status") {
+                let code = match header("grpc-status") {
                     Some(code) if code != "0" => {
                         let code = tonic::Code::from_i32(code.parse().unwrap_or(2));
                         let message = header("grpc-message")
                             .map(percent_decode)
                             .unwrap_or_default();
                         tracing::warn!(code = ?code, elapsed_ms = started.elapsed().as_millis() as u64, "{message}");
+                        code
                     }
-                    _ => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "done"),
-                }
+                    _ => {
+                        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "done");
+                        tonic::Code::Ok
+                    }
+                };
+                crate::metrics::record_rpc(&path, code, started.elapsed());
                 Ok(response)
             }
             .instrument(span),

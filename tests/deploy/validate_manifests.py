@@ -22,6 +22,7 @@ Exits 1 if anything failed.
 import argparse
 import json
 import pathlib
+import re
 import sys
 
 import jsonschema
@@ -42,6 +43,8 @@ OWN_SCHEMAS = {
     ("kustomize.config.k8s.io/v1alpha1", "Component"): "component.json",
     ("source.toolkit.fluxcd.io/v1", "GitRepository"): "gitrepository.json",
     ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"): "flux-kustomization.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
 }
 
 KUSTOMIZE_KINDS = {
@@ -358,9 +361,20 @@ def cross_checks(docs, report, context=()):
             if pvc and pvc.get("name") not in claims:
                 problems.append(f"source PVC {pvc.get('name')!r} is neither a PVC nor a DataVolume here")
             check(what, "source exists", problems)
+        elif kind == "PrometheusRule":
+            for group in spec.get("groups", []):
+                for rule in group.get("rules", []):
+                    problems.extend(f"alert {rule.get('alert')}: {p}" for p in metric_problems(rule.get("expr", ""), root))
+            check(what, "every alert reads metrics that zfs-csi or the sidecars export", problems)
         elif kind_of(doc) in KUSTOMIZE_KINDS:
-            check(what, "resources, components and patches exist, every manifest beside it listed",
-                  kustomization_problems(file, doc))
+            for generator in doc.get("configMapGenerator", []):
+                for entry in generator.get("files", []):
+                    source = file.parent / entry.split("=", 1)[-1]
+                    if source.suffix == ".json" and source.is_file():
+                        problems.extend(f"{source.name}: {p}" for p in dashboard_problems(source, root))
+            check(what, "resources, components, patches and generated files exist, every manifest beside it "
+                  "listed, dashboards read exported metrics",
+                  kustomization_problems(file, doc) + problems)
         elif kind_of(doc) == FLUX_KUSTOMIZATION:
             source = spec.get("sourceRef") or {}
             if source.get("name") not in named(source.get("kind")):
@@ -391,11 +405,57 @@ def data_volume_problems(spec, named, data_sources):
     return problems
 
 
+# Metrics the kubernetes-csi sidecars export (csi-lib-utils), which alerts and dashboards
+# may read beside the driver's own.
+SIDECAR_METRICS = {"csi_sidecar_operations_seconds"}
+METRIC_NAME = re.compile(r"\b((?:zfs_csi|csi_plugin|csi_sidecar|process)_[a-z_]+)")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def exported_metrics(root):
+    """The metric names driver/src/metrics.rs writes (string literals naming a metric)."""
+    source = (root / "driver/src/metrics.rs").read_text()
+    return set(re.findall(r'"((?:zfs_csi|csi_plugin|process)_[a-z_]+)', source)) | SIDECAR_METRICS
+
+
+def metric_problems(expr, root):
+    """Metric names in a PromQL expression that nothing exports."""
+    if root is None:
+        return []
+    known = exported_metrics(root)
+    problems = []
+    for name in sorted(set(METRIC_NAME.findall(expr))):
+        base = next((name[:-len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s) and name[:-len(s)] in known), name)
+        if base not in known:
+            problems.append(f"{name} is not exported by zfs-csi (driver/src/metrics.rs) or the sidecars")
+    return problems
+
+
+def dashboard_problems(path, root):
+    """A Grafana dashboard: valid JSON, panels with queries, every query reading exported metrics."""
+    try:
+        dashboard = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        return [f"not JSON: {e}"]
+    panels = dashboard.get("panels") or []
+    if not panels:
+        return ["no panels"]
+    problems = []
+    for panel in panels:
+        targets = panel.get("targets") or []
+        if not targets:
+            problems.append(f"panel {panel.get('title')!r} has no query")
+        for target in targets:
+            problems.extend(f"panel {panel.get('title')!r}: {p}" for p in metric_problems(target.get("expr", ""), root))
+    return problems
+
+
 def kustomization_problems(file, doc):
     base = file.parent
     problems = []
     patches = [p["path"] for p in doc.get("patches", []) if "path" in p]
-    for entry in doc.get("resources", []) + patches:
+    generated = [entry.split("=", 1)[-1] for g in doc.get("configMapGenerator", []) for entry in g.get("files", [])]
+    for entry in doc.get("resources", []) + patches + generated:
         if not (base / entry).exists():
             problems.append(f"{entry!r} does not exist")
     for component in doc.get("components", []):

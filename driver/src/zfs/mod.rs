@@ -8,7 +8,7 @@ mod types;
 
 pub use error::ZfsError;
 pub use name::{validate_component, DatasetName, NameError, SnapshotName};
-pub use types::{Dataset, DatasetType, Pool, PropertySource, PropertyValue};
+pub use types::{Dataset, DatasetType, Pool, PoolStats, PropertySource, PropertyValue};
 
 use crate::process::{Finished, ProcessError, ProcessRunner};
 
@@ -119,10 +119,41 @@ end
 return table.concat(found, "\t")
 "#;
 
+/// A read-only ZFS channel program: how many snapshots each filesystem and volume at or below
+/// `parent` has, as `name=count` entries separated by tabs (datasets without snapshots left
+/// out). The snapshots are counted in the kernel, not listed through userland: for the
+/// metrics, read once per cache interval.
+const SNAPSHOT_COUNTS: &str = r#"
+local argv = (...)["argv"]
+local parent = argv[1]
+if not zfs.exists(parent) then return "" end
+local counts = {}
+local pending = {parent}
+while #pending > 0 do
+  local ds = table.remove(pending)
+  local n = 0
+  for _ in zfs.list.snapshots(ds) do n = n + 1 end
+  if n > 0 then counts[#counts + 1] = ds .. "=" .. n end
+  for child in zfs.list.children(ds) do pending[#pending + 1] = child end
+end
+return table.concat(counts, "\t")
+"#;
+
 /// The string a channel program returned: `return: '<value>'` in `zfs program`'s output.
 fn channel_program_result(output: &str) -> Option<&str> {
     let line = output.lines().find_map(|l| l.trim().strip_prefix("return: "))?;
     line.strip_prefix('\'')?.strip_suffix('\'')
+}
+
+fn parse_snapshot_counts(result: &str) -> std::result::Result<std::collections::BTreeMap<String, u64>, String> {
+    result
+        .split('\t')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (name, count) = entry.rsplit_once('=').ok_or_else(|| format!("no count in {entry:?}"))?;
+            Ok((name.to_string(), count.parse().map_err(|e| format!("{entry:?}: {e}"))?))
+        })
+        .collect()
 }
 
 fn parse_owned_delete(result: &str) -> Option<OwnedDelete> {
@@ -175,8 +206,14 @@ impl Zfs {
     }
 
     /// Runs a command to its end, successful or not; an error only when it could not run.
+    /// Every command's latency and outcome go to the metrics, by subcommand (`zfs get`).
     async fn run_to_end(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<Finished> {
-        self.runner.run_with_input(program, args, input).await.map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let result = self.runner.run_with_input(program, args, input).await;
+        let subcommand = format!("{program} {}", args.first().map(String::as_str).unwrap_or_default());
+        let failed = !matches!(&result, Ok(finished) if finished.success());
+        crate::metrics::record_command(&subcommand, started.elapsed(), failed);
+        result.map_err(|e| match e {
             ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
             ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
         })
@@ -380,6 +417,42 @@ impl Zfs {
         }
     }
 
+    /// Size, allocation, fragmentation and health of `pools`, in one `zpool list`. A pool
+    /// that is not imported is left out (a node may lack some of the parents' pools).
+    pub async fn pool_stats(&self, pools: &[&str]) -> Result<Vec<PoolStats>> {
+        let mut args = strings(["list", "-H", "-p", "-o", "name,size,allocated,free,fragmentation,health"]);
+        args.extend(pools.iter().map(|p| p.to_string()));
+        let command = format!("zpool {}", args.join(" "));
+        let finished = self.run_to_end("zpool", &args, None).await?;
+        if !finished.success() && finished.stdout.trim().is_empty() {
+            let missing_only = finished.stderr.lines().all(|l| ZfsError::from_stderr(command.clone(), l.to_string()).is_not_found());
+            if !missing_only {
+                return Err(ZfsError::from_stderr(finished.command, finished.stderr));
+            }
+        }
+        finished
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(types::parse_pool_stats_line)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|reason| ZfsError::Parse { command, reason })
+    }
+
+    /// Snapshot counts of the filesystems and volumes at or below `parent` (see
+    /// `SNAPSHOT_COUNTS`), by dataset name; one process whatever the counts.
+    pub async fn snapshot_counts(&self, parent: &DatasetName) -> Result<std::collections::BTreeMap<String, u64>> {
+        let args: Vec<String> = ["program", "-n", parent.pool(), "/dev/stdin", parent.as_str()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let command = format!("zfs {}", args.join(" "));
+        let output = self.run_with_input("zfs", &args, Some(SNAPSHOT_COUNTS.as_bytes())).await?;
+        let result = channel_program_result(&output)
+            .ok_or_else(|| ZfsError::Parse { command: command.clone(), reason: format!("unexpected output {output:?}") })?;
+        parse_snapshot_counts(result).map_err(|reason| ZfsError::Parse { command, reason })
+    }
+
     pub async fn pool(&self, pool: &str) -> Result<Pool> {
         let args = strings(["list", "-H", "-p", "-o", "name,size,allocated,free,health", pool]);
         let command = format!("zpool {}", args.join(" "));
@@ -405,5 +478,15 @@ mod tests {
         assert_eq!(parse_owned_delete("missing"), Some(OwnedDelete::NotFound));
         assert_eq!(parse_owned_delete("something else"), None);
         assert_eq!(channel_program_result("Channel program fully executed with no return value.\n"), None);
+    }
+
+    #[test]
+    fn snapshot_counts_and_snapshot_holders_are_read() {
+        let out = "Channel program fully executed and produced output:\n    return: 'vms/a=3\tvms/b/c=1'\n";
+        let counts = parse_snapshot_counts(channel_program_result(out).unwrap()).unwrap();
+        assert_eq!(counts.get("vms/a"), Some(&3));
+        assert_eq!(counts.get("vms/b/c"), Some(&1));
+        assert!(parse_snapshot_counts("").unwrap().is_empty());
+        assert!(parse_snapshot_counts("vms/a=x").is_err());
     }
 }

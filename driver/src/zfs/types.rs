@@ -136,6 +136,36 @@ impl Pool {
     }
 }
 
+/// A pool as the metrics show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    pub name: String,
+    pub size: u64,
+    pub allocated: u64,
+    pub free: u64,
+    /// Free-space fragmentation in percent; `None` where the pool does not track it.
+    pub fragmentation_percent: Option<u64>,
+    pub health: String,
+}
+
+/// One line of `zpool list -H -p -o name,size,allocated,free,fragmentation,health`.
+pub(crate) fn parse_pool_stats_line(line: &str) -> Result<PoolStats, String> {
+    let fields: Vec<&str> = line.trim_end().split('\t').collect();
+    let [name, size, allocated, free, fragmentation, health] = fields[..] else {
+        return Err(format!("expected 6 tab-separated fields, got {line:?}"));
+    };
+    let number = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
+    Ok(PoolStats {
+        name: name.to_string(),
+        size: number(size)?,
+        allocated: number(allocated)?,
+        free: number(free)?,
+        // `-` when the pool lacks the spacemap_histogram feature; `-p` prints no `%`.
+        fragmentation_percent: fragmentation.trim_end_matches('%').parse().ok(),
+        health: health.to_string(),
+    })
+}
+
 /// One line of `zpool list -H -p -o name,size,allocated,free,health`.
 pub(crate) fn parse_pool_line(line: &str) -> Result<Pool, String> {
     let fields: Vec<&str> = line.trim_end().split('\t').collect();
