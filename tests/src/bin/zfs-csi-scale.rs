@@ -4,7 +4,9 @@
 //! sanoid does), against the bare `zfs` commands of the same kind. For each RPC: latency (p50,
 //! p95) on a driver started plainly, and the number of `zfs`/`zpool` processes per call on a
 //! second driver whose `--command-prefix` is a wrapper that logs every command before running
-//! it. Prints figures; it asserts nothing (targets are judged by reading them, not by a timed
+//! it. Then, with every volume in place, the metrics endpoint's scrape latency and the
+//! driver's memory (idle, and its peak over 100 concurrent RPCs). Prints figures; it asserts
+//! nothing (targets are judged by reading them, not by a timed
 //! test).
 //!
 //! Usage: zfs-csi-scale PARENTS WRAPPER
@@ -698,6 +700,99 @@ async fn measure(s: &Settings, label: &str, tag: &str, snapshots: usize, d: &mut
 
 // ---- the report -------------------------------------------------------------------------
 
+/// A figure of /proc/PID/status in bytes: VmRSS (resident now) or VmHWM (the peak).
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or_else(|| "?".into())
+}
+
+/// GET /metrics over plain HTTP: the latency and the body's size.
+fn scrape(address: &str) -> Res<(Duration, usize)> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    if !response.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("scrape: {}", String::from_utf8_lossy(&response[..response.len().min(200)])).into());
+    }
+    Ok((start.elapsed(), response.len()))
+}
+
+/// The metrics endpoint and the driver's memory with every volume in place (issue 11's
+/// targets: idle RSS under 10 MiB, under 32 MiB while answering 100 concurrent RPCs): a
+/// fresh driver serving metrics without caching, so each scrape reads ZFS; its RSS idle,
+/// after the scrapes, and its peak (VmHWM) over 100 concurrent CreateVolume then 100
+/// concurrent DeleteVolume.
+async fn metrics_and_memory(s: &Settings) -> Res<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let address = format!("127.0.0.1:{port}");
+    let parents = s.parents.join(",");
+    let d = DriverProcess::start_with(&["--parents", &parents, "--metrics-address", &address, "--metrics-cache-seconds", "0"]).await;
+    wait_idle(&d).await;
+    let idle = status_bytes(d.pid(), "VmRSS:");
+    let mut latencies = Vec::new();
+    let mut size = 0;
+    for _ in 0..s.heavy_samples.max(1) {
+        let (took, bytes) = scrape(&address)?;
+        latencies.push(took);
+        size = bytes;
+    }
+    latencies.sort();
+    let after_scrapes = status_bytes(d.pid(), "VmRSS:");
+    let pool = s.pool().to_string();
+    let names: Vec<String> = (0..100).map(|i| format!("pvc-burst-{i:03}")).collect();
+    let burst = Instant::now();
+    let created = futures_join(names.iter().map(|name| {
+        let mut c = d.controller();
+        let req = volume_request(&pool, name, false);
+        async move { c.create_volume(req).await.map(|r| r.into_inner().volume.map(|v| v.volume_id).unwrap_or_default()) }
+    }))
+    .await;
+    let ids: Vec<String> = created.into_iter().collect::<Result<_, _>>()?;
+    let deleted = futures_join(ids.iter().map(|id| {
+        let mut c = d.controller();
+        let req = delete_request(id);
+        async move { c.delete_volume(req).await.map(drop) }
+    }))
+    .await;
+    deleted.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let burst_took = burst.elapsed();
+    let peak = status_bytes(d.pid(), "VmHWM:");
+    println!("\n== metrics endpoint and memory ({} volumes below the parents)", s.volumes);
+    println!(
+        "scrape without cache (one zpool list; per parent one zfs get -r and one snapshot-counting channel program): p50 {:.0} ms, max {:.0} ms, {:.0} KiB of text",
+        ms(percentile(&latencies, 0.5)),
+        ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+        size as f64 / 1024.0
+    );
+    println!("driver RSS idle: {}; after the scrapes: {}; peak over 100 concurrent CreateVolume then 100 concurrent DeleteVolume ({:.1} s): {}",
+        mib(idle), mib(after_scrapes), burst_took.as_secs_f64(), mib(peak));
+    println!("targets: idle RSS under 10 MiB, under 32 MiB while answering 100 concurrent RPCs");
+    Ok(())
+}
+
+/// Runs the futures concurrently (spawned), results in order.
+async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut results = Vec::with_capacity(handles.len());
+    for handle in handles {
+        results.push(handle.await.expect("a burst task panicked"));
+    }
+    results
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
@@ -823,6 +918,7 @@ async fn main() -> Res<()> {
     let with = measure(&s, "with foreign snapshots", "b", snapshots + LISTED_SNAPSHOTS, &mut drivers, &fixtures).await?;
     with.print();
     report(&without, &with);
+    metrics_and_memory(&s).await?;
 
     drivers
         .plain
