@@ -143,7 +143,8 @@ fn rpc_count(body: &str, method: &str, code: &str) -> Option<f64> {
 async fn a_degraded_mirror_shows_in_pool_health_and_volume_condition_until_it_is_back_online() {
     // A mirror of two files, so that one side can be taken offline.
     let scratch = tempfile::tempdir().unwrap();
-    let pool = unique("mirror").replace('-', "");
+    // Pool names must not begin with a vdev type word ("mirror", "raidz", "spare"…).
+    let pool = unique("degraded").replace('-', "");
     let disks: Vec<String> = ["a", "b"].iter().map(|d| scratch.path().join(d).display().to_string()).collect();
     for disk in &disks {
         run("truncate", &["-s", "128M", disk]).unwrap();
