@@ -58,8 +58,8 @@ pub struct Config {
     #[arg(long, env = "ZFS_CSI_METRICS_ADDRESS")]
     pub metrics_address: Option<SocketAddr>,
 
-    /// Seconds for which the pool and volume figures read from ZFS are reused between
-    /// scrapes; RPC and command figures are always current.
+    /// Seconds between readings of the pool and volume figures from ZFS, done in the
+    /// background (0: each scrape reads them); RPC and command figures are always current.
     #[arg(long, env = "ZFS_CSI_METRICS_CACHE_SECONDS", default_value_t = 30)]
     pub metrics_cache_seconds: u64,
 

@@ -23,6 +23,8 @@ pub struct Driver {
     pub zfs: Zfs,
     /// The kubelet's root directory, symlinks resolved: staging and target paths lie below it.
     pub kubelet_dir: std::path::PathBuf,
+    /// CSI snapshot names → snapshots, for CreateSnapshot's uniqueness check.
+    pub snapshot_names: crate::snapshot_names::SnapshotNames,
     locks: Arc<OperationLocks>,
 }
 
@@ -43,6 +45,7 @@ impl Driver {
             parents: config.parents.clone(),
             zfs,
             kubelet_dir: crate::mount::resolve(&config.kubelet_dir),
+            snapshot_names: Default::default(),
             locks: Arc::new(OperationLocks::default()),
         }
     }

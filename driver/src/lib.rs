@@ -21,6 +21,8 @@ pub mod node;
 pub mod params;
 pub mod process;
 pub mod reaper;
+pub mod replication;
 pub mod server;
+pub mod snapshot_names;
 pub mod state;
 pub mod zfs;

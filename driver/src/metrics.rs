@@ -5,10 +5,13 @@
 //!   the histogram the kubernetes-csi libraries give CSI plugins (sidecars export the same
 //!   shape as `csi_sidecar_operations_seconds`), so existing dashboards and alerts read it;
 //! - every `zfs`/`zpool` command: latency and failures by subcommand;
-//! - the parents' pools and the driver's volumes, read from ZFS at most once per
+//! - the parents' pools and the driver's volumes, read from ZFS in the background every
 //!   `--metrics-cache-seconds`: one `zpool list` for the pools, and per parent one recursive
 //!   `zfs get` of the filesystems and volumes plus one read-only channel program counting
-//!   snapshots, so a scrape costs the same whatever the scrape rate.
+//!   snapshots. A scrape answers from the last reading at once, so neither the scrape rate
+//!   nor a pool with thousands of datasets makes a scrape slow (the scale benchmark measured
+//!   a reading at 70 s under emulation with 1,000 volumes and 20,000 snapshots, beyond any
+//!   scrape timeout); with 0 seconds, each scrape reads ZFS itself (tests).
 //!
 //! The RPC and command figures live in process-wide registries, recorded where every RPC
 //! (`server.rs`) and every command (`zfs/mod.rs`) passes; the HTTP side is a few lines on a
@@ -71,6 +74,8 @@ impl Histogram {
 
 #[derive(Default)]
 struct Registry {
+    /// Replica dataset → (transfers finished, bytes they carried).
+    replications: BTreeMap<String, (u64, u64)>,
     /// (method, gRPC code name) → latency.
     rpcs: BTreeMap<(String, String), Histogram>,
     /// Subcommand ("zfs get", "zpool list") → latency, and how many failed.
@@ -105,6 +110,14 @@ pub fn record_command(subcommand: &str, elapsed: Duration, failed: bool) {
     if failed {
         *failures += 1;
     }
+}
+
+/// Records one finished transfer into `replica` (`replication.rs`) and the bytes it carried.
+pub fn record_replication(replica: &str, bytes: u64) {
+    let mut registry = registry();
+    let (count, total) = registry.replications.entry(replica.to_string()).or_default();
+    *count += 1;
+    *total += bytes;
 }
 
 /// The code names of the Go gRPC library (`codes.Code.String()`), which the kubernetes-csi
@@ -151,6 +164,16 @@ fn render_registry(out: &mut String, driver_name: &str) {
     for (command, (histogram, _)) in &registry.commands {
         histogram.render(out, "zfs_csi_command_seconds", &format!("command=\"{}\"", escape(command)));
     }
+    out.push_str("# HELP zfs_csi_replication_sent_bytes_total Bytes of zfs send streams received into each replica (replicateTo).\n");
+    out.push_str("# TYPE zfs_csi_replication_sent_bytes_total counter\n");
+    for (replica, (_, bytes)) in &registry.replications {
+        let _ = writeln!(out, "zfs_csi_replication_sent_bytes_total{{replica=\"{}\"}} {bytes}", escape(replica));
+    }
+    out.push_str("# HELP zfs_csi_replications_total Snapshot transfers finished into each replica.\n");
+    out.push_str("# TYPE zfs_csi_replications_total counter\n");
+    for (replica, (count, _)) in &registry.replications {
+        let _ = writeln!(out, "zfs_csi_replications_total{{replica=\"{}\"}} {count}", escape(replica));
+    }
     out.push_str("# HELP zfs_csi_command_failures_total zfs and zpool commands that failed or could not run, by subcommand.\n");
     out.push_str("# TYPE zfs_csi_command_failures_total counter\n");
     for (command, (_, failures)) in &registry.commands {
@@ -182,14 +205,17 @@ const VOLUME_GAUGE_PROPERTIES: &[&str] = &[
 pub struct Exporter {
     driver: Arc<Driver>,
     cache_for: Duration,
-    /// The ZFS part of the last scrape and when it was read. The lock is held while reading
-    /// ZFS, so concurrent scrapes wait for one reading instead of each starting their own.
-    zfs_part: tokio::sync::Mutex<Option<(Instant, String)>>,
+    /// The ZFS part of the metrics as last read. Without caching, the lock is held while
+    /// reading ZFS, so concurrent scrapes wait for one reading instead of each starting their
+    /// own.
+    zfs_part: tokio::sync::Mutex<Option<String>>,
+    /// Signalled when the background reader stored its first reading.
+    first_reading: tokio::sync::Notify,
 }
 
 impl Exporter {
     pub fn new(driver: Arc<Driver>, cache_for: Duration) -> Arc<Self> {
-        Arc::new(Self { driver, cache_for, zfs_part: tokio::sync::Mutex::new(None) })
+        Arc::new(Self { driver, cache_for, zfs_part: tokio::sync::Mutex::new(None), first_reading: tokio::sync::Notify::new() })
     }
 
     /// Binds now (so that a bad address fails the start), serves in the background.
@@ -198,6 +224,17 @@ impl Exporter {
             .await
             .map_err(|e| format!("cannot listen for metrics on {address}: {e}"))?;
         tracing::info!(address = %address, "serving metrics on /metrics");
+        if !self.cache_for.is_zero() {
+            let reader = Arc::clone(&self);
+            tokio::spawn(async move {
+                loop {
+                    let text = reader.read_zfs().await;
+                    *reader.zfs_part.lock().await = Some(text);
+                    reader.first_reading.notify_waiters();
+                    tokio::time::sleep(reader.cache_for).await;
+                }
+            });
+        }
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -265,13 +302,23 @@ impl Exporter {
         out
     }
 
+    /// The ZFS part: the background reader's latest (waiting for its first), or read now
+    /// when nothing is cached.
     async fn zfs_part(&self) -> String {
-        let mut cached = self.zfs_part.lock().await;
-        if let Some((read_at, text)) = cached.as_ref() {
-            if read_at.elapsed() < self.cache_for {
+        if self.cache_for.is_zero() {
+            let _one_reading_at_a_time = self.zfs_part.lock().await;
+            return self.read_zfs().await;
+        }
+        loop {
+            let waiting = self.first_reading.notified();
+            if let Some(text) = self.zfs_part.lock().await.as_ref() {
                 return text.clone();
             }
+            waiting.await;
         }
+    }
+
+    async fn read_zfs(&self) -> String {
         let started = Instant::now();
         let mut text = String::new();
         self.render_pools(&mut text).await;
@@ -279,7 +326,6 @@ impl Exporter {
         text.push_str("# HELP zfs_csi_zfs_read_seconds How long reading the pools and volumes for the metrics took.\n");
         text.push_str("# TYPE zfs_csi_zfs_read_seconds gauge\n");
         let _ = writeln!(text, "zfs_csi_zfs_read_seconds {}", started.elapsed().as_secs_f64());
-        *cached = Some((Instant::now(), text.clone()));
         text
     }
 
@@ -287,14 +333,14 @@ impl Exporter {
         let mut pools: Vec<&str> = self.driver.parents.iter().map(|p| p.pool()).collect();
         pools.sort();
         pools.dedup();
-        let stats = match self.driver.zfs.pool_stats(&pools).await {
+        let stats = match self.driver.zfs.pools(&pools).await {
             Ok(stats) => stats,
             Err(e) => {
                 tracing::warn!("metrics: reading the pools: {e}");
                 Vec::new()
             }
         };
-        type Gauge = (&'static str, &'static str, fn(&crate::zfs::PoolStats) -> Option<f64>);
+        type Gauge = (&'static str, &'static str, fn(&crate::zfs::Pool) -> Option<f64>);
         let gauges: [Gauge; 4] = [
             ("zfs_csi_pool_size_bytes", "Size of the pool.", |p| Some(p.size as f64)),
             ("zfs_csi_pool_allocated_bytes", "Space allocated in the pool.", |p| Some(p.allocated as f64)),

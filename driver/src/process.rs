@@ -65,17 +65,10 @@ impl ProcessRunner {
         Self { prefix, timeout }
     }
 
-    /// Runs `program args…` to its end (or kills it at the deadline or when dropped).
-    pub async fn run(&self, program: &str, args: &[String]) -> Result<Finished, ProcessError> {
-        self.run_with_input(program, args, None).await
-    }
-
-    /// Like `run`, with `input` written to the program's standard input.
-    pub async fn run_with_input(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<Finished, ProcessError> {
-        let command_line = std::iter::once(program)
-            .chain(args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
+    /// The command behind the prefix, with `LC_ALL=C`, standard error piped, in its own
+    /// process group; and its command line for messages.
+    fn command(&self, program: &str, args: &[String], stdin: bool, stdout: bool) -> (Command, String) {
+        let command_line = std::iter::once(program).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
         let (exe, rest): (&str, Vec<&str>) = match self.prefix.split_first() {
             Some((first, prefix_args)) => {
                 let mut rest: Vec<&str> = prefix_args.iter().map(String::as_str).collect();
@@ -89,11 +82,22 @@ impl ProcessRunner {
             .args(rest)
             .args(args)
             .env("LC_ALL", "C")
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        (command, command_line)
+    }
+
+    /// Runs `program args…` to its end (or kills it at the deadline or when dropped).
+    pub async fn run(&self, program: &str, args: &[String]) -> Result<Finished, ProcessError> {
+        self.run_with_input(program, args, None).await
+    }
+
+    /// Like `run`, with `input` written to the program's standard input.
+    pub async fn run_with_input(&self, program: &str, args: &[String], input: Option<&[u8]>) -> Result<Finished, ProcessError> {
+        let (mut command, command_line) = self.command(program, args, input.is_some(), true);
         tracing::debug!(command = %command_line, "running");
         let mut child = command.spawn().map_err(|e| ProcessError::Spawn {
             command: command_line.clone(),
@@ -127,6 +131,50 @@ impl ProcessRunner {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         })
+    }
+}
+
+/// A command started for streaming (`zfs send` into `zfs receive`): its standard input or
+/// output is the caller's to read or write; standard error is collected in the background.
+/// Dropped before `finish`, it kills its process group.
+pub struct Streaming {
+    pub child: tokio::process::Child,
+    command: String,
+    stderr: tokio::task::JoinHandle<String>,
+    guard: GroupKillGuard,
+}
+
+impl Streaming {
+    /// Waits for the command to end (no deadline: a transfer takes as long as its data).
+    pub async fn finish(mut self) -> Result<Finished, ProcessError> {
+        let status = self.child.wait().await.map_err(|e| ProcessError::Spawn {
+            command: self.command.clone(),
+            reason: e.to_string(),
+        })?;
+        self.guard.pgid = None;
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
+        Ok(Finished { command: self.command.clone(), exit_code: status.code(), stdout: String::new(), stderr: stderr.trim().to_string() })
+    }
+}
+
+impl ProcessRunner {
+    /// Starts `program args…` (behind the prefix, `LC_ALL=C`, own process group) with its
+    /// standard input and/or output piped for the caller.
+    pub fn spawn_streaming(&self, program: &str, args: &[String], stdin: bool, stdout: bool) -> Result<Streaming, ProcessError> {
+        let (mut command, command_line) = self.command(program, args, stdin, stdout);
+        tracing::debug!(command = %command_line, "starting");
+        let mut child = command.spawn().map_err(|e| ProcessError::Spawn { command: command_line.clone(), reason: e.to_string() })?;
+        let guard = GroupKillGuard { pgid: child.id().map(|id| Pid::from_raw(id as i32)) };
+        let mut stderr_pipe = child.stderr.take();
+        let stderr = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut text = String::new();
+            if let Some(pipe) = stderr_pipe.as_mut() {
+                let _ = pipe.read_to_string(&mut text).await;
+            }
+            text
+        });
+        Ok(Streaming { child, command: command_line, stderr, guard })
     }
 }
 

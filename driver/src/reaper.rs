@@ -238,11 +238,18 @@ impl Reaper {
     /// destroyed.
     pub async fn pass(&self) -> usize {
         let mut reaped = 0;
+        let mut living = std::collections::HashSet::new();
+        let mut replicas = Vec::new();
         for parent in &self.driver.parents {
             let volumes = match self
                 .driver
                 .zfs
-                .get(parent, &["type", prop::MANAGED_BY, prop::DELETED], Depth::All, &[DatasetType::Filesystem, DatasetType::Volume])
+                .get(
+                    parent,
+                    &["type", prop::MANAGED_BY, prop::DELETED, prop::REPLICA_OWNER, prop::REPLICA_OF],
+                    Depth::All,
+                    &[DatasetType::Filesystem, DatasetType::Volume],
+                )
                 .await
             {
                 Ok(v) => v,
@@ -280,6 +287,20 @@ impl Reaper {
                 if self.reap_deleted_volume(&volume.name).await {
                     reaped += 1;
                 }
+            }
+            living.extend(ours.iter().filter(|v| !v.deleted).map(|v| v.name.to_string()));
+            replicas.extend(volumes.iter().filter_map(|d| {
+                let local = |p: &str| d.property(p).filter(|v| v.source == crate::zfs::PropertySource::Local).map(|v| v.value.clone());
+                let source = local(prop::REPLICA_OF)?;
+                (local(prop::REPLICA_OWNER)? == self.driver.name).then_some(())?;
+                Some((DatasetName::parse(&d.name).ok()?, source))
+            }));
+        }
+        // Replicas whose volume is gone or deleted: what only kept the base of the next
+        // incremental send (hidden snapshots) goes, and the replica with it when empty.
+        for (replica, source) in replicas.iter().filter(|(_, source)| !living.contains(source)) {
+            if let Err(status) = crate::replication::destroy_replica_if_unused(&self.driver, replica, false).await {
+                tracing::info!(replica = %replica, source = %source, "reaper: {}", status.message());
             }
         }
         if reaped > 0 {

@@ -66,11 +66,22 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     let (graceful, hard_stop) = shutdown_stages(shutdown);
     let driver = Arc::new(Driver::new(&config));
     let reaper = Reaper::new(Arc::clone(&driver));
+    let replicator = crate::replication::Replicator::new(Arc::clone(&driver));
     // Background work starts once the endpoint is bound: a driver that cannot serve does
     // nothing else either.
     let start_background = || {
         thaw_left_frozen(driver.kubelet_dir.clone());
         reaper.clone().spawn_periodic();
+        // CreateSnapshot's name index, read now rather than by the first CreateSnapshot.
+        let names_driver = Arc::clone(&driver);
+        tokio::spawn(async move {
+            if let Err(e) = names_driver.snapshot_names.load(&names_driver.zfs, &names_driver.parents).await {
+                tracing::warn!("reading the snapshot names: {e}; the first CreateSnapshot tries again");
+            }
+        });
+        // Transfers a stopped driver left unfinished resume from their receive tokens.
+        let replicator = Arc::clone(&replicator);
+        tokio::spawn(async move { replicator.resume_all().await });
     };
     if let Some(address) = config.metrics_address {
         crate::metrics::Exporter::new(Arc::clone(&driver), Duration::from_secs(config.metrics_cache_seconds))
@@ -80,7 +91,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     let router = Server::builder()
         .layer(tower::layer::layer_fn(RpcLog))
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(&driver))))
-        .add_service(ControllerServer::new(ControllerService::new(Arc::clone(&driver), reaper.clone())))
+        .add_service(ControllerServer::new(ControllerService::new(Arc::clone(&driver), reaper.clone(), Arc::clone(&replicator))))
         .add_service(NodeServer::new(NodeService::new(Arc::clone(&driver))));
     let parents: Vec<&str> = driver.parents.iter().map(|p| p.as_str()).collect();
     match &config.endpoint {

@@ -34,6 +34,18 @@ pub mod prop {
     /// On a snapshot the driver took to clone a volume: the clone it was taken for. Such
     /// snapshots are internal (not listed) and go with their clone.
     pub const CLONE_OF_VOLUME: &str = "zfs-csi.io:clone-for";
+    /// On a snapshot taken with a VolumeSnapshotClass's `replicateTo`: that dataset, below
+    /// which the replica of its volume receives it; on the volume too, so that a restarted
+    /// driver finds the volumes whose replication may be unfinished.
+    pub const REPLICATE_TO: &str = "zfs-csi.io:replicate-to";
+    /// On a replica dataset: the volume it copies. Replicas are not volumes: they carry
+    /// `REPLICA_OWNER`, never `MANAGED_BY`, so no volume RPC lists, serves or destroys them.
+    pub const REPLICA_OF: &str = "zfs-csi.io:replica-of";
+    /// On a replica dataset: the driver name that created it (its marker, in place of
+    /// `MANAGED_BY`).
+    pub const REPLICA_OWNER: &str = "zfs-csi.io:replica-owner";
+    /// On a replica's snapshot: the volume whose snapshot it copies (the CSI source volume).
+    pub const SOURCE_VOLUME: &str = "zfs-csi.io:source-volume";
     pub const PVC_NAME: &str = "zfs-csi.io:pvc-name";
     pub const PVC_NAMESPACE: &str = "zfs-csi.io:pvc-namespace";
     pub const PV_NAME: &str = "zfs-csi.io:pv-name";
@@ -77,6 +89,9 @@ pub const SNAPSHOT_PROPERTIES: &[&str] = &[
     prop::CSI_NAME,
     prop::CAPACITY,
     prop::CLONE_OF_VOLUME,
+    prop::REPLICATE_TO,
+    prop::SOURCE_VOLUME,
+    prop::DELETED,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +190,14 @@ pub struct SnapshotInfo {
     pub internal: bool,
     /// For an internal snapshot: the clone it was taken for (its volume ID).
     pub clone_for: Option<String>,
+    /// A snapshot taken to be replicated: the dataset its volume's replica lives below. Its
+    /// CSI ID is the replica's snapshot (`replication.rs`).
+    pub replicate_to: Option<String>,
+    /// A replica's snapshot: the volume whose snapshot it copies.
+    pub source_volume: Option<String>,
+    /// A replica's snapshot deleted through CSI but kept as the base of the next incremental
+    /// send; destroyed once a newer one arrives.
+    pub hidden: bool,
 }
 
 impl SnapshotInfo {
@@ -192,12 +215,24 @@ impl SnapshotInfo {
             deferred_destroy: dataset.get("defer_destroy") == Some("on"),
             internal: own_property(dataset, prop::CLONE_OF_VOLUME).is_some(),
             clone_for: own_property(dataset, prop::CLONE_OF_VOLUME).map(str::to_string),
+            replicate_to: own_property(dataset, prop::REPLICATE_TO).map(str::to_string),
+            source_volume: own_property(dataset, prop::SOURCE_VOLUME).map(str::to_string),
+            hidden: own_property(dataset, prop::DELETED) == Some("true"),
         }
     }
 
-    /// Shown by ListSnapshots: ours, neither internal nor waiting for deferred destruction.
+    /// Shown by ListSnapshots under its own name: ours, neither internal, nor waiting for
+    /// deferred destruction, nor hidden; and not a replicated snapshot's local copy, which is
+    /// shown under its replica's name.
     pub fn is_listed(&self) -> bool {
-        self.managed && !self.internal && !self.deferred_destroy
+        self.managed && !self.internal && !self.deferred_destroy && !self.hidden && self.replicate_to.is_none()
+    }
+
+    /// The volume it is a snapshot of, for CSI: a replica's snapshot names its source volume.
+    pub fn source_volume_id(&self) -> &str {
+        self.source_volume
+            .as_deref()
+            .unwrap_or_else(|| self.name.split_once('@').map(|(d, _)| d).unwrap_or_default())
     }
 }
 

@@ -275,7 +275,14 @@ def cross_checks(docs, report, context=()):
         elif kind == "VolumeSnapshotClass":
             if drivers and doc.get("driver") not in drivers:
                 problems.append(f"driver {doc.get('driver')!r} is not a CSIDriver here {sorted(drivers)}")
-            check(what, "driver name", problems)
+            params = doc.get("parameters") or {}
+            unknown = sorted(k for k in params if k != "replicateTo" and not k.startswith("csi.storage.k8s.io/"))
+            if unknown:
+                problems.append(f"parameters the driver does not know: {unknown} (it takes replicateTo)")
+            target = str(params.get("replicateTo", ""))
+            if target and parents is not None and target.split("/")[0] not in [p.split("/")[0] for p in parents]:
+                problems.append(f"replicateTo {target!r} is outside the driver's parents {parents}")
+            check(what, "driver name, parameters, replicateTo within --parents", problems)
         elif kind == "PersistentVolume":
             csi = spec.get("csi") or {}
             if drivers and csi.get("driver") not in drivers:

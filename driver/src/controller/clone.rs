@@ -14,6 +14,10 @@ pub(super) struct CloneOrigin {
     pub(super) referenced: Option<u64>,
     /// For a volume source: the driver's own snapshot still to be taken, with its properties.
     pub(super) take_snapshot: Option<Properties>,
+    /// A replica's snapshot in another pool than the new volume: copied by `zfs send |
+    /// zfs receive` instead of cloned (ZFS clones stay in their pool); `Some(true)` sends it
+    /// raw (an encrypted replica).
+    pub(super) copy_raw: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -82,12 +86,12 @@ impl ControllerService {
     /// (`check_clone_source`).
     pub(super) async fn resolve_source(&self, request: &VolumeRequest, source: &ContentSource) -> Result<CloneOrigin, Status> {
         match source {
-            ContentSource::Snapshot(snapshot) => {
-                let info = self
-                    .snapshot_info(snapshot)
-                    .await?
-                    .filter(|s| !s.deferred_destroy && !s.internal)
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {snapshot} does not exist")))?;
+            ContentSource::Snapshot(id) => {
+                let (snapshot, info, copy) = self.restore_point(request, id).await?;
+                let snapshot = &snapshot;
+                let info = info
+                    .filter(|s| !s.deferred_destroy && !s.internal && !s.hidden)
+                    .ok_or_else(|| Status::not_found(format!("source snapshot {id} does not exist")))?;
                 if !info.managed {
                     return Err(Status::invalid_argument(format!(
                         "source snapshot {snapshot} was not taken by this driver ({} is not set on it): \
@@ -98,13 +102,14 @@ impl ControllerService {
                 let (volume, dataset) = self.source_volume(snapshot.dataset()).await?.ok_or_else(|| {
                     Status::not_found(format!("the volume of source snapshot {snapshot} does not exist"))
                 })?;
-                self.check_clone_source(request, snapshot, &volume, &dataset).await?;
+                self.check_clone_source(request, snapshot, &volume, &dataset, copy).await?;
                 Ok(CloneOrigin {
                     snapshot: snapshot.clone(),
                     capacity: if info.size_bytes > 0 { info.size_bytes } else { volume.capacity },
                     volblocksize: dataset.get_u64("volblocksize"),
                     referenced: None,
                     take_snapshot: None,
+                    copy_raw: copy.then(|| dataset.get("encryption").is_some_and(|e| e != "off" && e != "-")),
                 })
             }
             ContentSource::Volume(name) => {
@@ -116,7 +121,7 @@ impl ControllerService {
                 let snapshot = name
                     .snapshot(&format!("clone-{}", request.csi_name))
                     .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", request.csi_name)))?;
-                self.check_clone_source(request, &snapshot, &volume, &dataset).await?;
+                self.check_clone_source(request, &snapshot, &volume, &dataset, false).await?;
                 let props: Properties = vec![
                     (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
                     (prop::CLONE_OF_VOLUME.to_string(), request.name.to_string()),
@@ -128,8 +133,40 @@ impl ControllerService {
                     volblocksize: dataset.get_u64("volblocksize"),
                     referenced: dataset.get_u64("referenced"),
                     take_snapshot: Some(props),
+                    copy_raw: None,
                 })
             }
+        }
+    }
+
+    /// Where a restore from the snapshot `id` comes from, and whether it is copied: a
+    /// replicated snapshot is restored from its local snapshot while that exists in the new
+    /// volume's pool (the cheapest clone); else from the replica's copy, cloned in the
+    /// replica's pool or copied into any other (the source volume, or its whole pool, may be
+    /// gone). Any other snapshot is itself.
+    async fn restore_point(&self, request: &VolumeRequest, id: &SnapshotName) -> Result<(SnapshotName, Option<SnapshotInfo>, bool), Status> {
+        let info = self.snapshot_info(id).await?;
+        let in_pool = |s: &SnapshotName| s.dataset().pool() == request.name.pool();
+        let usable = |s: &SnapshotInfo| s.managed && !s.deferred_destroy && !s.internal && !s.hidden;
+        match &info {
+            Some(copy) if copy.managed && copy.is_listed() && copy.source_volume.is_some() => {
+                let local = DatasetName::parse(copy.source_volume.as_deref().unwrap_or_default())
+                    .ok()
+                    .and_then(|v| v.snapshot(id.short_name()).ok())
+                    .filter(|l| in_pool(l) && self.driver.is_within_parents(l.dataset()));
+                if let Some(local) = local {
+                    if let Some(found) = self.snapshot_info(&local).await?.filter(|s| usable(s)) {
+                        return Ok((local, Some(found), false));
+                    }
+                }
+                Ok((id.clone(), info.clone(), !in_pool(id)))
+            }
+            Some(_) => Ok((id.clone(), info, false)),
+            // The replica does not hold it yet: its local snapshot, in the same pool only.
+            None => match self.pending_local(id).await?.and_then(|l| SnapshotName::parse(&l.name).ok().map(|n| (n, l))) {
+                Some((local, found)) if in_pool(&local) => Ok((local, Some(found), false)),
+                _ => Ok((id.clone(), None, false)),
+            },
         }
     }
 
@@ -175,6 +212,9 @@ impl ControllerService {
                 Err(e) => return Err(zfs_status(&format!("snapshotting source volume {}", origin.snapshot.dataset()), e)),
             },
         };
+        if let Some(raw) = origin.copy_raw {
+            return self.create_copy(request, origin, props, raw).await;
+        }
         if let Err(e) = zfs.clone_snapshot(&origin.snapshot, &request.name, props).await {
             if took_snapshot {
                 self.discard_internal_snapshot(&origin.snapshot).await;
@@ -188,6 +228,30 @@ impl ControllerService {
                 Err(status)
             }
         }
+    }
+
+    /// A restore into another pool than the replica's: `zfs send | zfs receive` of the
+    /// replica's snapshot, the received snapshot destroyed (the volume is independent of the
+    /// replica), then grown like a clone. What fails after the receive is undone.
+    async fn create_copy(&self, request: &VolumeRequest, origin: &CloneOrigin, props: &Properties, raw: bool) -> Result<VolumeInfo, Status> {
+        let zfs = &self.driver.zfs;
+        let what = format!("copying {} into volume {}", origin.snapshot, request.name);
+        let stream = crate::zfs::SendStream::Full { snapshot: origin.snapshot.clone(), raw };
+        let bytes = zfs.send_receive(&stream, &request.name, false, props).await.map_err(|e| zfs_status(&what, e))?;
+        tracing::info!(volume = %request.name, source = %origin.snapshot, bytes, "restored by copy from the replica");
+        let received = request
+            .name
+            .snapshot(origin.snapshot.short_name())
+            .map_err(|e| Status::internal(format!("{what}: {e}")))?;
+        let finished = match zfs.destroy_snapshot(&received, Destroy::Now).await {
+            Ok(()) | Err(ZfsError::NotFound(_)) => self.finish_clone(request).await,
+            Err(e) => Err(zfs_status(&format!("{what}: destroying the received snapshot"), e)),
+        };
+        if finished.is_err() {
+            self.discard_internal_snapshot(&received).await;
+            self.discard_half_made_clone(request, origin, false).await;
+        }
+        finished
     }
 
     /// Reads a new clone back and grows it to the requested size.
@@ -240,8 +304,8 @@ impl ControllerService {
     /// INVALID_ARGUMENT when `origin` (of `volume`, read as `dataset`) cannot be cloned for
     /// `request`: another pool, another kind, or creation-only properties in the class that
     /// differ from the source's (a clone keeps its origin's; equal values are fine).
-    pub(super) async fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, volume: &VolumeInfo, dataset: &Dataset) -> Result<(), Status> {
-        if origin.dataset().pool() != request.name.pool() {
+    pub(super) async fn check_clone_source(&self, request: &VolumeRequest, origin: &SnapshotName, volume: &VolumeInfo, dataset: &Dataset, copied: bool) -> Result<(), Status> {
+        if !copied && origin.dataset().pool() != request.name.pool() {
             return Err(Status::invalid_argument(format!(
                 "the source {origin} is in pool {}, the new volume in pool {}: ZFS clones stay within a pool",
                 origin.dataset().pool(),

@@ -21,6 +21,7 @@ use crate::params::{same_setting, FsType, QuotaType, VolumeParams};
 use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
 use crate::locks::LockKey;
 use crate::reaper::{Deleted, Reaper};
+use crate::replication::{replica_dataset, Replicator};
 use crate::zfs::{
     validate_component, Dataset, DatasetName, DatasetType, Depth, Destroy, OwnedDelete, Properties, PropertySource,
     SnapshotName, ZfsError,
@@ -39,11 +40,12 @@ use snapshot::*;
 pub struct ControllerService {
     driver: Arc<Driver>,
     reaper: Reaper,
+    replicator: Arc<Replicator>,
 }
 
 impl ControllerService {
-    pub fn new(driver: Arc<Driver>, reaper: Reaper) -> Self {
-        Self { driver, reaper }
+    pub fn new(driver: Arc<Driver>, reaper: Reaper, replicator: Arc<Replicator>) -> Self {
+        Self { driver, reaper, replicator }
     }
 }
 
@@ -300,14 +302,16 @@ impl Controller for ControllerService {
         }
         validate_component(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?} cannot name a snapshot: {e}", req.name)))?;
-        if !req.parameters.is_empty() {
-            let mut keys: Vec<&String> = req.parameters.keys().filter(|k| !k.starts_with("csi.storage.k8s.io/")).collect();
-            keys.sort();
-            if !keys.is_empty() {
-                return Err(Status::invalid_argument(format!(
-                    "unknown snapshot parameters {keys:?}; the VolumeSnapshotClass takes none"
-                )));
-            }
+        let mut keys: Vec<&String> = req
+            .parameters
+            .keys()
+            .filter(|k| !k.starts_with("csi.storage.k8s.io/") && k.as_str() != REPLICATE_TO_PARAMETER)
+            .collect();
+        keys.sort();
+        if !keys.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "unknown snapshot parameters {keys:?}; the VolumeSnapshotClass takes only {REPLICATE_TO_PARAMETER}"
+            )));
         }
         let source = self
             .driver
@@ -316,20 +320,22 @@ impl Controller for ControllerService {
         let snapshot = source
             .snapshot(&req.name)
             .map_err(|e| Status::invalid_argument(format!("name {:?}: {e}", req.name)))?;
+        let replicate_to = match req.parameters.get(REPLICATE_TO_PARAMETER) {
+            Some(value) => Some(self.replicate_to(value, &source)?),
+            None => None,
+        };
         let _lock = self.driver.lock(LockKey::Snapshot(req.name.clone()))?;
-        // Which datasets below the parents have a snapshot of this name, found in the kernel
-        // by a read-only channel program per parent: the cost grows with the datasets, never
-        // with the snapshots they hold (sanoid's thousands), and no dataset's properties are
-        // read but those of the few snapshots found.
+        // The snapshots known to carry this name (`snapshot_names.rs`: read from ZFS at
+        // start-up, kept current since): the check costs the same however many datasets and
+        // snapshots the parents hold. Each candidate is read back from ZFS before it counts.
         let mut candidates = vec![snapshot.to_string()];
-        for parent in &self.driver.parents {
-            match self.driver.zfs.datasets_with_snapshot(parent, &req.name).await {
-                Ok(found) => candidates.extend(found.into_iter().map(|d| format!("{d}@{}", req.name))),
-                // A node may lack some of the parents' pools.
-                Err(ZfsError::NotFound(_)) => {}
-                Err(e) => return Err(zfs_status(&format!("looking up snapshot name {} below {parent}", req.name), e)),
-            }
-        }
+        candidates.extend(
+            self.driver
+                .snapshot_names
+                .candidates(&self.driver.zfs, &self.driver.parents, &req.name)
+                .await
+                .map_err(|e| zfs_status("reading the snapshot names below the parents", e))?,
+        );
         candidates.sort();
         candidates.dedup();
         candidates.retain(|c| {
@@ -351,9 +357,22 @@ impl Controller for ControllerService {
         // first attempt (whose reply was lost), the source may have been deleted, and is then
         // only kept, hidden, for this very snapshot.
         if let Some(existing) = same_name.iter().find(|s| s.name == candidates[0]) {
-            return self.existing_snapshot(existing, &req.name);
+            return match &replicate_to {
+                Some(to) => self.existing_replicated_snapshot(existing, &req.name, to, &source).await,
+                None => self.existing_snapshot(existing, &req.name),
+            };
         }
-        if let Some(other) = same_name.iter().find(|s| s.is_listed() && s.csi_name.as_deref() == Some(req.name.as_str())) {
+        // Its replica's copy, the local one gone: the snapshot, ready.
+        let copy = same_name.iter().find(|s| s.source_volume.as_deref() == Some(source.as_str()) && s.csi_name.as_deref() == Some(req.name.as_str()));
+        if let (Some(copy), Some(_)) = (copy, &replicate_to) {
+            if copy.is_listed() {
+                return Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(copy, true)) }));
+            }
+        }
+        if let Some(other) = same_name
+            .iter()
+            .find(|s| s.is_listed() && s.csi_name.as_deref() == Some(req.name.as_str()) && s.source_volume.as_deref() != Some(source.as_str()))
+        {
             return Err(Status::already_exists(format!(
                 "snapshot name {} is already used by {}, of another volume",
                 req.name, other.name
@@ -365,21 +384,29 @@ impl Controller for ControllerService {
             .await?
             .filter(|v| !v.deleted)
             .ok_or_else(|| Status::not_found(format!("source volume {source} does not exist")))?;
-        let props: Properties = vec![
+        let mut props: Properties = vec![
             (prop::MANAGED_BY.to_string(), self.driver.name.clone()),
             (prop::CSI_NAME.to_string(), req.name.clone()),
             (prop::CAPACITY.to_string(), volume.capacity.to_string()),
         ];
+        if let Some(to) = &replicate_to {
+            self.prepare_replication(to, &source).await?;
+            props.push((prop::REPLICATE_TO.to_string(), to.to_string()));
+        }
         match self.driver.take_snapshot(&snapshot, &props).await {
             Ok(()) => tracing::info!(snapshot = %snapshot, "created"),
             Err(ZfsError::AlreadyExists(_)) => {}
             Err(e) => return Err(zfs_status(&format!("creating snapshot {snapshot}"), e)),
         }
+        self.driver.snapshot_names.insert(&req.name, &snapshot.to_string());
         let info = self
             .snapshot_info(&snapshot)
             .await?
             .ok_or_else(|| Status::internal(format!("snapshot {snapshot} is missing right after its creation")))?;
-        self.existing_snapshot(&info, &req.name)
+        match &replicate_to {
+            Some(to) => self.existing_replicated_snapshot(&info, &req.name, to, &source).await,
+            None => self.existing_snapshot(&info, &req.name),
+        }
     }
 
     async fn delete_snapshot(
@@ -391,7 +418,12 @@ impl Controller for ControllerService {
             return Ok(Response::new(csi::DeleteSnapshotResponse {}));
         };
         let _lock = self.driver.lock(LockKey::Snapshot(snapshot.short_name().to_string()))?;
-        let Some(info) = self.snapshot_info(&snapshot).await? else {
+        let info = self.snapshot_info(&snapshot).await?;
+        if let Some(replicated) = self.replicated_snapshot(&snapshot, info.as_ref()).await? {
+            self.delete_replicated_snapshot(replicated).await?;
+            return Ok(Response::new(csi::DeleteSnapshotResponse {}));
+        }
+        let Some(info) = info else {
             return Ok(Response::new(csi::DeleteSnapshotResponse {}));
         };
         if !info.managed {
@@ -423,45 +455,35 @@ impl Controller for ControllerService {
             return Err(Status::invalid_argument("max_entries must not be negative"));
         }
         // Unknown or malformed IDs in the filters match nothing: an empty list, not an error.
-        let datasets = if !req.snapshot_id.is_empty() {
+        let snapshots: Vec<csi::Snapshot> = if !req.snapshot_id.is_empty() {
             match self.driver.snapshot_name(&req.snapshot_id).ok().flatten() {
-                Some(snapshot) => self
-                    .driver
-                    .zfs
-                    .find(&snapshot, SNAPSHOT_PROPERTIES)
-                    .await
-                    .map_err(|e| zfs_status(&format!("reading snapshot {snapshot}"), e))?
-                    .into_iter()
-                    .collect(),
+                Some(snapshot) => self.csi_snapshot_by_id(&snapshot).await?.into_iter().collect(),
                 None => Vec::new(),
             }
         } else if !req.source_volume_id.is_empty() {
             match self.driver.volume_name(&req.source_volume_id).ok().flatten() {
                 Some(volume) => {
-                    match self.driver.zfs.get(&volume, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot]).await {
+                    let mut found = match self.driver.zfs.get(&volume, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot]).await {
                         Ok(d) => d,
                         Err(ZfsError::NotFound(_)) => Vec::new(),
                         Err(e) => return Err(zfs_status(&format!("listing the snapshots of {volume}"), e)),
-                    }
+                    };
+                    found.extend(self.replica_snapshots_of(&volume, &found).await?);
+                    listed_snapshots(&found, &self.driver.name)
+                        .into_iter()
+                        .filter(|s| s.source_volume_id == req.source_volume_id)
+                        .collect()
                 }
                 None => Vec::new(),
             }
         } else {
-            self.list_below_parents(SNAPSHOT_PROPERTIES, &[DatasetType::Snapshot]).await?
+            listed_snapshots(&self.list_below_parents(SNAPSHOT_PROPERTIES, &[DatasetType::Snapshot]).await?, &self.driver.name)
         };
-        let mut snapshots: Vec<SnapshotInfo> = datasets
-            .iter()
-            .filter(|d| d.dataset_type() == Some(DatasetType::Snapshot))
-            .map(|d| SnapshotInfo::from_dataset(d, &self.driver.name))
-            .filter(|s| s.is_listed())
-            .filter(|s| req.source_volume_id.is_empty() || s.name.starts_with(&format!("{}@", req.source_volume_id)))
-            .collect();
-        snapshots.sort_by(|a, b| a.name.cmp(&b.name));
-        let (page, next_token) = paginate(snapshots, req.max_entries, &req.starting_token, |s| s.name.as_str())?;
+        let (page, next_token) = paginate(snapshots, req.max_entries, &req.starting_token, |s| s.snapshot_id.as_str())?;
         Ok(Response::new(csi::ListSnapshotsResponse {
             entries: page
-                .iter()
-                .map(|s| csi::list_snapshots_response::Entry { snapshot: Some(csi_snapshot(s)) })
+                .into_iter()
+                .map(|s| csi::list_snapshots_response::Entry { snapshot: Some(s) })
                 .collect(),
             next_token,
         }))
@@ -476,8 +498,8 @@ impl Controller for ControllerService {
         let snapshot = self.driver.snapshot_name(&req.snapshot_id)?.ok_or_else(not_found)?;
         // Only what ListSnapshots lists: not a snapshot the driver did not take (sanoid's, the
         // operator's), nor its internal or deleted ones.
-        let info = self.snapshot_info(&snapshot).await?.filter(SnapshotInfo::is_listed).ok_or_else(not_found)?;
-        Ok(Response::new(csi::GetSnapshotResponse { snapshot: Some(csi_snapshot(&info)) }))
+        let found = self.csi_snapshot_by_id(&snapshot).await?.ok_or_else(not_found)?;
+        Ok(Response::new(csi::GetSnapshotResponse { snapshot: Some(found) }))
     }
 
     async fn controller_expand_volume(

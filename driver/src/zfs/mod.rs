@@ -8,7 +8,7 @@ mod types;
 
 pub use error::ZfsError;
 pub use name::{validate_component, DatasetName, NameError, SnapshotName};
-pub use types::{Dataset, DatasetType, Pool, PoolStats, PropertySource, PropertyValue};
+pub use types::{Dataset, DatasetType, Pool, PropertySource, PropertyValue};
 
 use crate::process::{Finished, ProcessError, ProcessRunner};
 
@@ -50,6 +50,41 @@ pub enum Destroy {
     Now,
     /// `zfs destroy -d`: a snapshot with clones is marked and goes with its last clone.
     DeferWhileCloned,
+}
+
+/// A snapshot or bookmark as a point of an incremental send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendPoint {
+    /// `dataset@snapshot` or `dataset#bookmark`.
+    pub name: String,
+    /// Equal on both sides of a send for the same snapshot.
+    pub guid: u64,
+    pub createtxg: u64,
+}
+
+/// What `zfs send` sends.
+#[derive(Clone, Debug)]
+pub enum SendStream {
+    /// The whole snapshot.
+    Full { snapshot: SnapshotName, raw: bool },
+    /// From `base` (a snapshot or bookmark of the same dataset, full name) to `snapshot`.
+    Incremental { base: String, snapshot: SnapshotName, raw: bool },
+    /// The rest of an interrupted resumable send (`zfs send -t TOKEN`).
+    Resume { token: String },
+}
+
+impl SendStream {
+    fn args(&self) -> Vec<String> {
+        // -L -e -c: large blocks, embedded and compressed blocks as they are on disk. An
+        // encrypted dataset goes raw (-w, which implies them): the copy stays encrypted and
+        // needs no loaded key.
+        let flags = |raw: bool| if raw { vec!["-w".to_string()] } else { strings(["-L", "-e", "-c"]) };
+        match self {
+            SendStream::Full { snapshot, raw } => [flags(*raw), vec![snapshot.zfs_name()]].concat(),
+            SendStream::Incremental { base, snapshot, raw } => [flags(*raw), vec!["-i".into(), base.clone(), snapshot.zfs_name()]].concat(),
+            SendStream::Resume { token } => vec!["-t".into(), token.clone()],
+        }
+    }
 }
 
 /// What `delete_if_owned` did.
@@ -99,24 +134,6 @@ local origin = zfs.get_prop(ds, "origin")
 local err = zfs.sync.destroy(ds)
 if err ~= 0 then return "refused " .. err end
 return "destroyed " .. (origin or "")
-"#;
-
-/// A read-only ZFS channel program: the filesystems and volumes at or below `parent` that have
-/// a snapshot named `snap`, separated by tabs (which no dataset name holds). The walk happens
-/// in the kernel, one existence check per dataset: its cost grows with the datasets, never with
-/// the snapshots they hold (sanoid's thousands), and it needs no transaction group (`-n`).
-const DATASETS_WITH_SNAPSHOT: &str = r#"
-local argv = (...)["argv"]
-local parent, snap = argv[1], argv[2]
-if not zfs.exists(parent) then return "" end
-local found = {}
-local pending = {parent}
-while #pending > 0 do
-  local ds = table.remove(pending)
-  if zfs.exists(ds .. "@" .. snap) then found[#found + 1] = ds end
-  for child in zfs.list.children(ds) do pending[#pending + 1] = child end
-end
-return table.concat(found, "\t")
 "#;
 
 /// A read-only ZFS channel program: how many snapshots each filesystem and volume at or below
@@ -239,6 +256,14 @@ impl Zfs {
         self.zfs(args).await.map(drop)
     }
 
+    /// `zfs create -p -o … NAME`: a filesystem and any missing parents (which get defaults).
+    pub async fn create_parents(&self, name: &DatasetName, properties: &Properties) -> Result<()> {
+        let mut args = strings(["create", "-p"]);
+        args.extend(option_args(properties));
+        args.push(name.zfs_name());
+        self.zfs(args).await.map(drop)
+    }
+
     /// `zfs create [-s] -V size -o …`: as `create_filesystem`, two sync tasks. `volsize`,
     /// `volblocksize` and the encryption properties are part of the first; the rest,
     /// including the `refreservation` libzfs adds for a non-sparse zvol, of the second.
@@ -301,18 +326,18 @@ impl Zfs {
             .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {output:?}") })
     }
 
-    /// The filesystems and volumes at or below `parent` that have a snapshot named `snap`
-    /// (see `DATASETS_WITH_SNAPSHOT`): one process per parent, whatever the snapshot count.
-    pub async fn datasets_with_snapshot(&self, parent: &DatasetName, snap: &str) -> Result<Vec<String>> {
-        let args: Vec<String> = ["program", "-n", parent.pool(), "/dev/stdin", parent.as_str(), snap]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let command = format!("zfs {}", args.join(" "));
-        let output = self.run_with_input("zfs", &args, Some(DATASETS_WITH_SNAPSHOT.as_bytes())).await?;
-        let found = channel_program_result(&output)
-            .ok_or_else(|| ZfsError::Parse { command, reason: format!("unexpected output {output:?}") })?;
-        Ok(found.split('\t').filter(|n| !n.is_empty()).map(str::to_string).collect())
+    /// Runs a read-only channel program (`zfs program -n`: no transaction group to wait for)
+    /// in `parent`'s pool with `parent` and `args` as its arguments, the script on standard
+    /// input; returns the string it returned and the command line, for errors.
+    async fn read_only_program(&self, script: &str, parent: &DatasetName, args: &[&str]) -> Result<(String, String)> {
+        let mut argv: Vec<String> = ["program", "-n", parent.pool(), "/dev/stdin", parent.as_str()].iter().map(|s| s.to_string()).collect();
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let command = format!("zfs {}", argv.join(" "));
+        let output = self.run_with_input("zfs", &argv, Some(script.as_bytes())).await?;
+        match channel_program_result(&output) {
+            Some(result) => Ok((result.to_string(), command)),
+            None => Err(ZfsError::Parse { command, reason: format!("unexpected output {output:?}") }),
+        }
     }
 
     pub async fn destroy_snapshot(&self, snapshot: &SnapshotName, mode: Destroy) -> Result<()> {
@@ -417,9 +442,111 @@ impl Zfs {
         }
     }
 
+    /// `zfs bookmark SNAPSHOT DATASET#NAME`: a bookmark keeps a snapshot's place as the base
+    /// of later incremental sends after the snapshot itself is destroyed, holding no space.
+    pub async fn bookmark(&self, snapshot: &SnapshotName, bookmark: &str) -> Result<()> {
+        let args = vec!["bookmark".to_string(), snapshot.zfs_name(), format!("{}#{bookmark}", snapshot.dataset())];
+        self.zfs(args).await.map(drop)
+    }
+
+    /// `zfs destroy DATASET#NAME`.
+    pub async fn destroy_bookmark(&self, dataset: &DatasetName, bookmark: &str) -> Result<()> {
+        self.zfs(vec!["destroy".to_string(), format!("{dataset}#{bookmark}")]).await.map(drop)
+    }
+
+    /// The snapshots and bookmarks directly of `dataset`, oldest first: the candidates for an
+    /// incremental send's base, matched to the receiving side by `guid`.
+    pub async fn snapshots_and_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<SendPoint>> {
+        let args = vec![
+            "list".to_string(), "-H".into(), "-p".into(), "-o".into(), "name,guid,createtxg".into(),
+            "-t".into(), "snapshot,bookmark".into(), "-d".into(), "1".into(), "-s".into(), "createtxg".into(),
+            dataset.zfs_name(),
+        ];
+        let command = format!("zfs {}", args.join(" "));
+        let output = self.zfs(args).await?;
+        output
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [name, guid, createtxg] = fields[..] else {
+                    return Err(ZfsError::Parse { command: command.clone(), reason: format!("expected 3 fields in {line:?}") });
+                };
+                let number = |v: &str| v.parse::<u64>().map_err(|e| ZfsError::Parse { command: command.clone(), reason: format!("{v:?}: {e}") });
+                Ok(SendPoint { name: name.to_string(), guid: number(guid)?, createtxg: number(createtxg)? })
+            })
+            .collect()
+    }
+
+    /// The token of an interrupted resumable receive into `dataset` (`zfs receive -s`), if
+    /// one is pending.
+    pub async fn receive_resume_token(&self, dataset: &DatasetName) -> Result<Option<String>> {
+        let found = self.get_one(dataset, &["receive_resume_token"]).await?;
+        Ok(found.get("receive_resume_token").filter(|t| !t.is_empty() && *t != "-").map(str::to_string))
+    }
+
+    /// `zfs receive -A DATASET`: discards the state of an interrupted resumable receive (and a
+    /// dataset that a first, full receive had only begun).
+    pub async fn abort_receive(&self, dataset: &DatasetName) -> Result<()> {
+        self.zfs(vec!["receive".to_string(), "-A".into(), dataset.zfs_name()]).await.map(drop)
+    }
+
+    /// `zfs send SEND… | zfs receive -u [-s] [-o k=v]… TARGET`, the stream pumped through
+    /// this process so that the bytes sent are counted and both ends die with the future
+    /// (each runs in its own process group). Returns the bytes the stream carried. A failure
+    /// of either side is the receiving side's error when it has one (out of space, …).
+    pub async fn send_receive(&self, send: &SendStream, target: &DatasetName, resumable: bool, properties: &Properties) -> Result<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut send_args = vec!["send".to_string()];
+        send_args.extend(send.args());
+        let mut receive_args = vec!["receive".to_string(), "-u".into()];
+        if resumable {
+            receive_args.push("-s".into());
+        }
+        receive_args.extend(option_args(properties));
+        receive_args.push(target.zfs_name());
+        let started = std::time::Instant::now();
+        let unavailable = |e: ProcessError| match e {
+            ProcessError::Spawn { command, reason } => ZfsError::Unavailable { command, reason },
+            ProcessError::TimedOut { command, after } => ZfsError::TimedOut { command, after },
+        };
+        let mut sender = self.runner.spawn_streaming("zfs", &send_args, false, true).map_err(unavailable)?;
+        let mut receiver = self.runner.spawn_streaming("zfs", &receive_args, true, false).map_err(unavailable)?;
+        let mut bytes = 0u64;
+        if let (Some(mut from), Some(mut to)) = (sender.child.stdout.take(), receiver.child.stdin.take()) {
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let n = match from.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                // The receiver gone (it failed): its exit status says why.
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+                bytes += n as u64;
+            }
+            // Dropped: the receiver sees the end of the stream.
+        }
+        let received = receiver.finish().await.map_err(unavailable)?;
+        let sent = sender.finish().await.map_err(unavailable)?;
+        let failed = !(received.success() && sent.success());
+        crate::metrics::record_command("zfs send", started.elapsed(), !sent.success());
+        crate::metrics::record_command("zfs receive", started.elapsed(), !received.success());
+        if failed {
+            let (command, stderr) = if !received.success() && !received.stderr.is_empty() {
+                (received.command, received.stderr)
+            } else {
+                (sent.command, sent.stderr)
+            };
+            return Err(ZfsError::from_stderr(command, stderr));
+        }
+        Ok(bytes)
+    }
+
     /// Size, allocation, fragmentation and health of `pools`, in one `zpool list`. A pool
     /// that is not imported is left out (a node may lack some of the parents' pools).
-    pub async fn pool_stats(&self, pools: &[&str]) -> Result<Vec<PoolStats>> {
+    pub async fn pools(&self, pools: &[&str]) -> Result<Vec<Pool>> {
         let mut args = strings(["list", "-H", "-p", "-o", "name,size,allocated,free,fragmentation,health"]);
         args.extend(pools.iter().map(|p| p.to_string()));
         let command = format!("zpool {}", args.join(" "));
@@ -434,7 +561,7 @@ impl Zfs {
             .stdout
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(types::parse_pool_stats_line)
+            .map(types::parse_pool_line)
             .collect::<std::result::Result<_, _>>()
             .map_err(|reason| ZfsError::Parse { command, reason })
     }
@@ -442,23 +569,12 @@ impl Zfs {
     /// Snapshot counts of the filesystems and volumes at or below `parent` (see
     /// `SNAPSHOT_COUNTS`), by dataset name; one process whatever the counts.
     pub async fn snapshot_counts(&self, parent: &DatasetName) -> Result<std::collections::BTreeMap<String, u64>> {
-        let args: Vec<String> = ["program", "-n", parent.pool(), "/dev/stdin", parent.as_str()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let command = format!("zfs {}", args.join(" "));
-        let output = self.run_with_input("zfs", &args, Some(SNAPSHOT_COUNTS.as_bytes())).await?;
-        let result = channel_program_result(&output)
-            .ok_or_else(|| ZfsError::Parse { command: command.clone(), reason: format!("unexpected output {output:?}") })?;
-        parse_snapshot_counts(result).map_err(|reason| ZfsError::Parse { command, reason })
+        let (result, command) = self.read_only_program(SNAPSHOT_COUNTS, parent, &[]).await?;
+        parse_snapshot_counts(&result).map_err(|reason| ZfsError::Parse { command, reason })
     }
 
     pub async fn pool(&self, pool: &str) -> Result<Pool> {
-        let args = strings(["list", "-H", "-p", "-o", "name,size,allocated,free,health", pool]);
-        let command = format!("zpool {}", args.join(" "));
-        let output = self.run("zpool", &args).await?;
-        types::parse_pool_line(output.lines().next().unwrap_or_default())
-            .map_err(|reason| ZfsError::Parse { command, reason })
+        self.pools(&[pool]).await?.into_iter().find(|p| p.name == pool).ok_or_else(|| ZfsError::NotFound(pool.to_string()))
     }
 }
 
@@ -481,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_counts_and_snapshot_holders_are_read() {
+    fn snapshot_counts_are_read() {
         let out = "Channel program fully executed and produced output:\n    return: 'vms/a=3\tvms/b/c=1'\n";
         let counts = parse_snapshot_counts(channel_program_result(out).unwrap()).unwrap();
         assert_eq!(counts.get("vms/a"), Some(&3));

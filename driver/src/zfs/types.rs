@@ -120,25 +120,9 @@ pub(crate) fn parse_get_output(output: &str) -> Result<Vec<Dataset>, String> {
     Ok(datasets)
 }
 
+/// A pool: its space, fragmentation and health (`zpool list`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pool {
-    pub name: String,
-    pub size: u64,
-    pub allocated: u64,
-    pub free: u64,
-    /// ONLINE, DEGRADED, FAULTED, OFFLINE, UNAVAIL, REMOVED, SUSPENDED.
-    pub health: String,
-}
-
-impl Pool {
-    pub fn is_healthy(&self) -> bool {
-        self.health == "ONLINE"
-    }
-}
-
-/// A pool as the metrics show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolStats {
     pub name: String,
     pub size: u64,
     pub allocated: u64,
@@ -149,13 +133,13 @@ pub struct PoolStats {
 }
 
 /// One line of `zpool list -H -p -o name,size,allocated,free,fragmentation,health`.
-pub(crate) fn parse_pool_stats_line(line: &str) -> Result<PoolStats, String> {
+pub(crate) fn parse_pool_line(line: &str) -> Result<Pool, String> {
     let fields: Vec<&str> = line.trim_end().split('\t').collect();
     let [name, size, allocated, free, fragmentation, health] = fields[..] else {
         return Err(format!("expected 6 tab-separated fields, got {line:?}"));
     };
     let number = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
-    Ok(PoolStats {
+    Ok(Pool {
         name: name.to_string(),
         size: number(size)?,
         allocated: number(allocated)?,
@@ -166,20 +150,10 @@ pub(crate) fn parse_pool_stats_line(line: &str) -> Result<PoolStats, String> {
     })
 }
 
-/// One line of `zpool list -H -p -o name,size,allocated,free,health`.
-pub(crate) fn parse_pool_line(line: &str) -> Result<Pool, String> {
-    let fields: Vec<&str> = line.trim_end().split('\t').collect();
-    let [name, size, allocated, free, health] = fields[..] else {
-        return Err(format!("expected 5 tab-separated fields, got {line:?}"));
-    };
-    let number = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
-    Ok(Pool {
-        name: name.to_string(),
-        size: number(size)?,
-        allocated: number(allocated)?,
-        free: number(free)?,
-        health: health.to_string(),
-    })
+impl Pool {
+    pub fn is_healthy(&self) -> bool {
+        self.health == "ONLINE"
+    }
 }
 
 #[cfg(test)]
@@ -214,9 +188,11 @@ mod tests {
 
     #[test]
     fn pool_line_parses() {
-        let p = parse_pool_line("vms\t4261412864\t1234\t4261411630\tDEGRADED\n").unwrap();
+        let p = parse_pool_line("vms\t4261412864\t1234\t4261411630\t7\tDEGRADED\n").unwrap();
+        assert_eq!(p.fragmentation_percent, Some(7));
+        assert_eq!(parse_pool_line("vms\t1\t1\t0\t-\tONLINE").unwrap().fragmentation_percent, None);
         assert_eq!(p.size, 4261412864);
         assert!(!p.is_healthy());
-        assert!(parse_pool_line("vms\tx\t1\t2\tONLINE").is_err());
+        assert!(parse_pool_line("vms\tx\t1\t2\t0\tONLINE").is_err());
     }
 }
