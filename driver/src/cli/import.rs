@@ -30,7 +30,7 @@ use super::{CliError, ZfsAccess};
 use crate::config::parse_node_id;
 use crate::format::{self, DeviceContent, Formatter};
 use crate::state::{prop, VolumeInfo, VolumeKind};
-use crate::zfs::{DatasetName, Zfs};
+use crate::zfs::DatasetName;
 
 #[derive(Args, Debug, Clone)]
 pub struct ImportArgs {
@@ -124,7 +124,7 @@ const MOUNTABLE: [&str; 3] = ["ext4", "xfs", "btrfs"];
 pub async fn run(args: &ImportArgs) -> Result<String, CliError> {
     let dataset = check_dataset(&args.dataset, &args.zfs.parents)?;
     let options = claim_options(args, &dataset)?;
-    let inspected = inspect(&args.zfs.zfs(), &dataset, &args.zfs.driver_name, args.zfs.timeout()).await?;
+    let inspected = inspect(&args.zfs, &dataset).await?;
     for note in &inspected.notes {
         eprintln!("zfs-csi import: note: {note}");
     }
@@ -225,13 +225,14 @@ const IMPORT_PROPERTIES: &[&str] = &[
 ];
 
 /// Reads the dataset's type, size and (for a zvol) what its device holds.
-pub async fn inspect(zfs: &Zfs, dataset: &DatasetName, driver_name: &str, timeout: std::time::Duration) -> Result<Inspected, CliError> {
-    let read = zfs
+pub async fn inspect(access: &ZfsAccess, dataset: &DatasetName) -> Result<Inspected, CliError> {
+    let read = access
+        .zfs()
         .find(dataset, IMPORT_PROPERTIES)
         .await
-        .map_err(|e| CliError::Failed(format!("reading {dataset}: {e}")))?
+        .map_err(|e| access.failure(&format!("reading {dataset}"), e))?
         .ok_or_else(|| CliError::Failed(format!("{dataset} does not exist")))?;
-    let volume = VolumeInfo::from_dataset(&read, driver_name)
+    let volume = VolumeInfo::from_dataset(&read, &access.driver_name)
         .ok_or_else(|| CliError::Failed(format!("{dataset}: zfs reported type {:?}", read.get("type"))))?;
     let mut notes = Vec::new();
     if volume.deleted {
@@ -277,7 +278,7 @@ pub async fn inspect(zfs: &Zfs, dataset: &DatasetName, driver_name: &str, timeou
                     "{e}: cannot tell what zvol {dataset} holds (is volmode=none set on it, or is udev not running?)"
                 ))
             })?;
-            let content = Formatter::new(timeout)
+            let content = Formatter::new(access.timeout())
                 .probe(&device)
                 .await
                 .map_err(|e| CliError::Failed(format!("probing {}: {e}", device.display())))?;

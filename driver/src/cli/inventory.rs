@@ -95,7 +95,7 @@ async fn driver_volumes(args: &ListArgs) -> Result<Vec<(VolumeInfo, Dataset)>, C
         .zfs()
         .get_below(&access.parents, &volume_properties(), &[DatasetType::Filesystem, DatasetType::Volume])
         .await
-        .map_err(|e| CliError::Failed(format!("listing the datasets below the parents: {e}")))?;
+        .map_err(|e| access.failure("listing the datasets below the parents", e))?;
     Ok(datasets
         .into_iter()
         .filter_map(|d| VolumeInfo::from_dataset(&d, &access.driver_name).map(|v| (v, d)))
@@ -111,7 +111,7 @@ async fn snapshots_by_volume(args: &ListArgs, volumes: &[(VolumeInfo, Dataset)],
         .zfs()
         .snapshots_of(&names, properties)
         .await
-        .map_err(|e| CliError::Failed(format!("listing the snapshots of the driver's volumes: {e}")))?;
+        .map_err(|e| args.zfs.failure("listing the snapshots of the driver's volumes", e))?;
     let mut grouped: BTreeMap<String, Vec<Dataset>> = BTreeMap::new();
     for snapshot in snapshots {
         if let Some((volume, _)) = snapshot.name.split_once('@') {

@@ -27,7 +27,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{parse_driver_name, parse_parent};
 use crate::process::ProcessRunner;
-use crate::zfs::{DatasetName, Zfs};
+use crate::zfs::{DatasetName, Zfs, ZfsError};
 
 /// The first arguments that select an operator command instead of serving.
 pub const COMMANDS: [&str; 3] = ["import", "volumes", "snapshots"];
@@ -86,6 +86,17 @@ pub struct ZfsAccess {
 }
 
 impl ZfsAccess {
+    /// A failed zfs command as the command's error (exit code 1), saying how zfs was reached
+    /// when it could not be run at all.
+    pub fn failure(&self, what: &str, error: ZfsError) -> CliError {
+        let hint = match (&error, self.command_prefix.trim()) {
+            (ZfsError::Unavailable { .. }, "") => "; is the zfs userland installed here? (--command-prefix is empty)".to_string(),
+            (ZfsError::Unavailable { .. }, prefix) => format!("; check --command-prefix {prefix:?}"),
+            _ => String::new(),
+        };
+        CliError::Failed(format!("{what}: {error}{hint}"))
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.command_timeout)
     }
