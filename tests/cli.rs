@@ -46,10 +46,12 @@ fn import_json(dataset: &str, flags: &[&str]) -> (Value, Value, String) {
     (items[0].clone(), items[1].clone(), stderr)
 }
 
-/// Every property of `dataset` with its source, after the pool has written out everything.
+/// Every property of `dataset` with its source, after the pool has written out everything;
+/// less `available`, which the other tests' writes to the pool move.
 fn all_properties(dataset: &str) -> String {
     run("zpool", &["sync", dataset.split('/').next().unwrap()]).expect("zpool sync");
-    zfs(&["get", "-H", "-p", "-o", "property,value,source", "all", dataset])
+    let all = zfs(&["get", "-H", "-p", "-o", "property,value,source", "all", dataset]);
+    all.lines().filter(|l| !l.starts_with("available\t")).collect::<Vec<_>>().join("\n")
 }
 
 /// The settable properties (those with a source): what a mount or a write must not change,
@@ -85,13 +87,18 @@ fn assert_binds_on_this_node(pv: &Value, pvc: &Value, dataset: &str, capacity: &
 }
 
 /// The capability kubelet builds from the PV: raw block for volumeMode Block, else a mount
-/// with the PV's fsType.
+/// with the PV's fsType; ReadWriteOnce is SINGLE_NODE_MULTI_WRITER (the driver offers it),
+/// ReadWriteOncePod SINGLE_NODE_SINGLE_WRITER.
 fn capability_of(pv: &Value) -> csi::VolumeCapability {
     let capability = match pv["spec"]["volumeMode"].as_str() {
         Some("Block") => block_capability(),
         _ => mount_capability(pv["spec"]["csi"]["fsType"].as_str().unwrap_or("")),
     };
-    with_mode(capability, Mode::SingleNodeWriter)
+    let mode = match pv["spec"]["accessModes"][0].as_str() {
+        Some("ReadWriteOncePod") => Mode::SingleNodeSingleWriter,
+        _ => Mode::SingleNodeMultiWriter,
+    };
+    with_mode(capability, mode)
 }
 
 /// NodeStageVolume and NodePublishVolume as kubelet makes them for the printed PV.
@@ -219,6 +226,7 @@ async fn import_of_a_plain_dataset_prints_a_zfs_pv_sized_by_its_quota_or_free_sp
     assert_eq!(after, before, "import changed {id}");
     // No quota: what df shows, referenced + available, in whole MiB.
     assert!(stderr.contains("no refquota or quota"), "{stderr}");
+    assert!(stderr.contains(&format!("mounted on the host at {mountpoint}")), "{stderr}");
     let property = |name: &str| -> i64 { zfs_get(&id, name).0.parse().unwrap() };
     let df_size = (property("referenced") + property("available")) / MIB * MIB;
     let printed = pv["spec"]["capacity"]["storage"].as_str().expect("capacity").to_string();

@@ -218,6 +218,8 @@ const IMPORT_PROPERTIES: &[&str] = &[
     "referenced",
     "available",
     "origin",
+    "mounted",
+    "mountpoint",
     prop::MANAGED_BY,
     prop::DELETED,
     prop::PVC_NAMESPACE,
@@ -269,6 +271,16 @@ pub async fn inspect(access: &ZfsAccess, dataset: &DatasetName) -> Result<Inspec
                 ));
                 (size, "referenced + available, no quota".to_string())
             };
+            if read.get("mounted") == Some("yes") {
+                // Read through the command prefix, so this is the host's view, which the
+                // driver's container may not share.
+                let at = read.get("mountpoint").unwrap_or("its mountpoint");
+                notes.push(format!(
+                    "{dataset} is mounted on the host at {at}: the host and the pods would share it \
+                     (a ReadWriteOncePod publish is refused while the driver sees that mount); to hand it \
+                     to Kubernetes alone, stop its users and `zfs set mountpoint=legacy {dataset}` first"
+                ));
+            }
             let found = format!("a ZFS filesystem of {} ({how})", k8s::quantity(capacity));
             (capacity, Presentation::Filesystem { fs_type: "zfs".into() }, found)
         }

@@ -85,7 +85,7 @@ pub fn derive_volume_name(dataset: &str) -> Option<String> {
 /// that the quantity is exactly the size (a PVC binds a PV only if its request is no larger).
 pub fn quantity(bytes: u64) -> String {
     for (unit, size) in [("Ei", 1u64 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
