@@ -27,7 +27,6 @@ use serde_json::{json, Value};
 
 use super::k8s::{self, AccessMode};
 use super::{CliError, ZfsAccess};
-use crate::config::parse_node_id;
 use crate::format::{self, DeviceContent, Formatter};
 use crate::state::{prop, VolumeInfo, VolumeKind};
 use crate::zfs::DatasetName;
@@ -59,7 +58,7 @@ pub struct ImportArgs {
 
     /// The Kubernetes node that holds the dataset's pool (the driver's --node-id there)
     /// [default: $NODE_ID, else $NODE_NAME, which the node pod sets].
-    #[arg(long, env = "NODE_ID", alias = "node-id", value_parser = parse_node_id)]
+    #[arg(long, env = "NODE_ID", alias = "node-id", value_parser = k8s::check_label_value)]
     pub node: Option<String>,
 
     /// The access mode of both: ReadWriteOnce or ReadWriteOncePod (a pool serves one node).
@@ -175,16 +174,16 @@ pub fn check_dataset(given: &str, parents: &[DatasetName]) -> Result<DatasetName
 fn claim_options(args: &ImportArgs, dataset: &DatasetName) -> Result<ClaimOptions, CliError> {
     let node = match &args.node {
         Some(node) => node.clone(),
-        None => std::env::var("NODE_NAME")
-            .ok()
-            .filter(|n| !n.trim().is_empty())
-            .ok_or_else(|| {
+        None => {
+            let from_pod = std::env::var("NODE_NAME").ok().filter(|n| !n.trim().is_empty()).ok_or_else(|| {
                 CliError::Refused(format!(
                     "which node holds pool {}? give --node (the Kubernetes node name, the driver's \
                      --node-id there); in the node pod NODE_NAME says it",
                     dataset.pool()
                 ))
-            })?,
+            })?;
+            k8s::check_label_value(&from_pod).map_err(|e| CliError::Refused(format!("NODE_NAME: {e}; give --node")))?
+        }
     };
     let claim_name = match &args.name {
         Some(name) => name.clone(),
@@ -393,7 +392,10 @@ pub fn render_yaml(inspected: &Inspected, options: &ClaimOptions) -> String {
          # {}.\n\
          # Nothing was changed on the dataset. Retain: deleting the claim or the PV leaves the data;\n\
          # the driver destroys only datasets it created.\n",
-        inspected.dataset, options.node, inspected.found
+        inspected.dataset,
+        options.node,
+        // One comment line, whatever a tool reported.
+        inspected.found.replace(['\n', '\r'], " ")
     );
     out.push_str(&super::yaml::to_yaml(&persistent_volume(inspected, options)));
     out.push_str("---\n");

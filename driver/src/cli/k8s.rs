@@ -26,6 +26,24 @@ pub fn check_label(s: &str) -> Result<String, String> {
     }
 }
 
+/// A label value: the node ID, which kubelet puts on the Node as the label
+/// `<driver-name>/node` (from NodeGetInfo) and which the PV's node affinity matches.
+pub fn check_label_value(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= LABEL_MAX
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} cannot be a node's label value: at most {LABEL_MAX} letters, digits, '-', '_' and '.', \
+             beginning and ending with a letter or digit"
+        ))
+    }
+}
+
 /// A DNS-1123 subdomain: the name of a PersistentVolume or PersistentVolumeClaim.
 pub fn check_subdomain(s: &str) -> Result<String, String> {
     if s.len() <= SUBDOMAIN_MAX && s.split('.').all(|label| is_label(label, LABEL_MAX)) {
@@ -160,6 +178,11 @@ mod tests {
         }
         assert!(check_label("kube-system").is_ok());
         assert!(check_label("a.b").is_err());
+        assert!(check_label_value("zfs-node-1").is_ok());
+        assert!(check_label_value("Node_1.lan").is_ok());
+        for bad in ["", "-n", "n-", "a b", "a\nb", &"n".repeat(64)] {
+            assert!(check_label_value(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(check_storage_class("").unwrap(), "");
         assert!(check_storage_class("zfs-vms").is_ok());
         assert!(check_storage_class("ZFS").is_err());
