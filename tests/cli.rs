@@ -40,10 +40,26 @@ fn import_json(dataset: &str, flags: &[&str]) -> (Value, Value, String) {
     let (code, stdout, stderr) = cli(&args);
     assert_eq!(code, 0, "zfs-csi {args:?} failed: {stderr}");
     let list: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    keep_yaml_for_validation(dataset, &args);
     assert_eq!(list["kind"], "List", "{list}");
     let items = list["items"].as_array().expect("items");
     assert_eq!(items.len(), 2, "{list}");
     (items[0].clone(), items[1].clone(), stderr)
+}
+
+/// Runs the same import with YAML output and leaves it in `$ZFS_CSI_TEST_OUT/import/` (set in
+/// the VM), where hack/test.sh validates it against the Kubernetes schemas.
+fn keep_yaml_for_validation(dataset: &str, json_args: &[&str]) {
+    let args: Vec<&str> = json_args.iter().map(|a| if *a == "json" { "yaml" } else { a }).collect();
+    let (code, yaml, stderr) = cli(&args);
+    assert_eq!(code, 0, "zfs-csi {args:?} failed: {stderr}");
+    assert!(yaml.contains(&format!("volumeHandle: {dataset}\n")), "{yaml}");
+    if let Some(out) = std::env::var_os("ZFS_CSI_TEST_OUT") {
+        let dir = Path::new(&out).join("import");
+        std::fs::create_dir_all(&dir).expect("create the output directory");
+        let file = dir.join(format!("{}.yaml", unique(&dataset.replace('/', "_"))));
+        std::fs::write(&file, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+    }
 }
 
 /// Every property of `dataset` with its source, after the pool has written out everything;
