@@ -178,16 +178,22 @@ pub fn main(args: &[OsString]) -> ExitCode {
 }
 
 fn run(cli: Cli) -> (&'static str, Result<String, CliError>) {
+    let name = match &cli.command {
+        Command::Import(_) => "import",
+        Command::Volumes(_) => "volumes",
+        Command::Snapshots(_) => "snapshots",
+    };
     // One command at a time: a runtime on this thread is all it needs.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return ("", Err(CliError::Failed(format!("cannot start the async runtime: {e}")))),
+        Err(e) => return (name, Err(CliError::Failed(format!("cannot start the async runtime: {e}")))),
     };
-    match cli.command {
-        Command::Import(args) => ("import", runtime.block_on(import::run(&args))),
-        Command::Volumes(args) => ("volumes", runtime.block_on(inventory::volumes(&args))),
-        Command::Snapshots(args) => ("snapshots", runtime.block_on(inventory::snapshots(&args))),
-    }
+    let result = match cli.command {
+        Command::Import(args) => runtime.block_on(import::run(&args)),
+        Command::Volumes(args) => runtime.block_on(inventory::volumes(&args)),
+        Command::Snapshots(args) => runtime.block_on(inventory::snapshots(&args)),
+    };
+    (name, result)
 }
 
 #[cfg(test)]
