@@ -59,6 +59,12 @@ for kernel in ${KERNELS:-bookworm bookworm-backports}; do
   rc=$?
   set -e
   cat "$share/out/run.log" 2>/dev/null
+  # What `zfs-csi import` printed for real datasets in the VM (tests/cli.rs), checked
+  # offline against the Kubernetes schemas like the manifests under deploy/.
+  if [ -d "$share/out/import" ]; then
+    echo "== import output from the VM: $(ls "$share/out/import" | tr '\n' ' ')"
+    bash hack/validate-deploy.sh import-output "$share/out/import" || rc=1
+  fi
   echo "== VM suite on $kernel: exit code $rc"
   summary+=("kernel $kernel ($(cat "$image/kernel-version" 2>/dev/null)): exit code $rc")
   if [ "$rc" != 0 ]; then

@@ -9,8 +9,11 @@
 #              same way (tests/deploy/render_kustomizations.py); and the
 #              Containerfile's COPY sources, stages and packages (no image is built);
 #   flags      the zfs-csi container's args and env, run through the real binary
-#              (${ZFS_CSI_BIN:-target/debug/zfs-csi} ... --print-config).
-# Usage: hack/validate-deploy.sh [manifests|flags|all]   (default all)
+#              (${ZFS_CSI_BIN:-target/debug/zfs-csi} ... --print-config);
+#   import-output DIR
+#              only the YAML that `zfs-csi import` printed in the VM tests (tests/cli.rs
+#              writes it; hack/test.sh passes the directory), the same way as manifests.
+# Usage: hack/validate-deploy.sh [manifests|flags|all|import-output DIR]   (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +23,12 @@ VENV=${XDG_CACHE_HOME:-$HOME/.cache}/zfs-csi/venv-deploy
 REQUIREMENTS=tests/deploy/requirements.txt
 ZFS_CSI_BIN=${ZFS_CSI_BIN:-target/debug/zfs-csi}
 step=${1:-all}
-case $step in manifests|flags|all) ;; *) echo "usage: $0 [manifests|flags|all]" >&2; exit 2 ;; esac
+usage="usage: $0 [manifests|flags|all|import-output DIR]"
+case $step in
+  manifests|flags|all) ;;
+  import-output) [ -d "${2:-}" ] || { echo "$usage" >&2; exit 2; } ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac
 
 want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements" 2>/dev/null)" = "$want" ]; then
@@ -33,6 +41,11 @@ else
   echo "$want" > "$VENV/.requirements"
 fi
 py=$VENV/bin/python
+
+if [ "$step" = import-output ]; then
+  echo "==> zfs-csi import output in $2: Kubernetes $K8S_VERSION schemas (strict), claimRef and PVC agree"
+  exec "$py" tests/deploy/validate_manifests.py --kubernetes-version "$K8S_VERSION" --schemas tests/deploy/schemas "$2"
+fi
 
 status=0
 if [ "$step" != flags ]; then

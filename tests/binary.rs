@@ -13,7 +13,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 /// Runs the binary with `env` set and no LOG_LEVEL or other flag variable inherited.
 fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(driver_binary());
-    for var in ["CSI_ENDPOINT", "NODE_ID", "CSI_DRIVER_NAME", "ZFS_CSI_PARENTS", "ZFS_CSI_COMMAND_PREFIX",
+    for var in ["CSI_ENDPOINT", "NODE_ID", "NODE_NAME", "CSI_DRIVER_NAME", "ZFS_CSI_PARENTS", "ZFS_CSI_COMMAND_PREFIX",
         "ZFS_CSI_COMMAND_TIMEOUT", "LOG_FORMAT", "LOG_LEVEL"]
     {
         command.env_remove(var);
@@ -180,4 +180,43 @@ async fn log_level_debug_leaves_out_the_http2_transport() {
 async fn a_transport_target_named_in_log_level_is_logged() {
     let log = log_of_one_rpc("debug,h2=debug").await;
     assert!(log.contains(" h2::"), "no h2 debug lines with h2=debug: {log}");
+}
+
+// ---- operator commands: what they refuse before running anything ----------------------------
+
+#[test]
+fn operator_commands_need_parents_but_not_the_servers_flags() {
+    let (code, _, stderr) = run(&["volumes"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--parents") && !stderr.contains("--node-id"), "{stderr}");
+    assert_one_line_failure(&["snapshots", "--parents", "vms", "--endpoint", "tcp://127.0.0.1:1"], "--endpoint");
+}
+
+#[test]
+fn import_refuses_a_pool_root_a_parent_and_an_outsider_with_exit_code_2() {
+    for (dataset, says) in [("vms", "root of pool vms"), ("vms/k8s", "one of the parents"), ("tank/media", "outside the parents")] {
+        let (code, stdout, stderr) = run(&["import", dataset, "--parents", "vms/k8s,ai", "--node", "n1"]);
+        assert_eq!(code, 2, "{dataset}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
+        assert!(stderr.contains(says), "{dataset}: {stderr}");
+    }
+    // Without a node, from the flag or the pod's NODE_ID/NODE_NAME, the PV could not be pinned.
+    let (code, _, stderr) = run(&["import", "vms/k8s/disk", "--parents", "vms/k8s"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--node"), "{stderr}");
+}
+
+#[test]
+fn help_names_the_operator_commands() {
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for command in ["zfs-csi import DATASET", "zfs-csi volumes", "zfs-csi snapshots"] {
+        assert!(stdout.contains(command), "--help does not name {command}");
+    }
+    let (code, stdout, _) = run(&["import", "--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--name", "--namespace", "--storage-class", "--node", "--access-mode", "--parents", "Exit codes"] {
+        assert!(stdout.contains(flag), "import --help does not explain {flag}");
+    }
 }

@@ -16,7 +16,16 @@ use crate::zfs::DatasetName;
 /// Kubernetes CSI driver for ZFS: serves the CSI Identity, Controller and Node services for
 /// the ZFS pools of this node, turning volumes into datasets and zvols.
 #[derive(Parser, Debug, Clone, Serialize)]
-#[command(name = "zfs-csi", version, max_term_width = 100)]
+#[command(
+    name = "zfs-csi",
+    version,
+    max_term_width = 100,
+    after_help = "Operator commands (each with its own --help; they take --parents, --driver-name and \
+                  --command-prefix as the server does, and need no --node-id):\n  \
+                  zfs-csi import DATASET   print a PersistentVolume and a bound PersistentVolumeClaim for an existing dataset or zvol\n  \
+                  zfs-csi volumes          list the driver's volumes\n  \
+                  zfs-csi snapshots        list the driver's snapshots"
+)]
 pub struct Config {
     /// Where to serve CSI gRPC: unix:///path/to/csi.sock (for kubelet and the sidecars) or
     /// tcp://127.0.0.1:PORT (tests). A stale socket file is removed on start.
@@ -126,7 +135,7 @@ impl Serialize for Endpoint {
     }
 }
 
-fn parse_node_id(s: &str) -> Result<String, String> {
+pub(crate) fn parse_node_id(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("the node ID must not be empty".into());
     }
@@ -138,7 +147,7 @@ fn parse_node_id(s: &str) -> Result<String, String> {
 
 /// The CSI spec: at most 63 characters, alphanumerics, '-' and '.', beginning and ending with
 /// an alphanumeric character.
-fn parse_driver_name(s: &str) -> Result<String, String> {
+pub(crate) fn parse_driver_name(s: &str) -> Result<String, String> {
     let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     let ok_ends = s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric());
@@ -158,7 +167,7 @@ fn parse_absolute_dir(s: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-fn parse_parent(s: &str) -> Result<DatasetName, String> {
+pub(crate) fn parse_parent(s: &str) -> Result<DatasetName, String> {
     DatasetName::parse(s.trim()).map_err(|e| format!("{s:?}: {e}"))
 }
 

@@ -14,6 +14,12 @@ use crate::state::{VolumeInfo, VOLUME_PROPERTIES};
 use crate::process::ProcessRunner;
 use crate::zfs::{DatasetName, SnapshotName, Zfs};
 
+/// The topology key of driver `driver_name`: `<driver-name>/node`, whose value is the node ID
+/// (NodeGetInfo's accessible topology; `zfs-csi import` writes it into a PV's node affinity).
+pub fn topology_key(driver_name: &str) -> String {
+    format!("{driver_name}/node")
+}
+
 pub struct Driver {
     pub name: String,
     pub version: &'static str,
@@ -51,7 +57,7 @@ impl Driver {
     }
 
     pub fn topology_key(&self) -> String {
-        format!("{}/node", self.name)
+        topology_key(&self.name)
     }
 
     /// The one topology segment of this node: `{<driver>/node: <node id>}`.

@@ -8,6 +8,7 @@ pub mod csi {
 }
 
 pub mod capability;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod driver;

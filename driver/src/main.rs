@@ -1,4 +1,5 @@
-//! `zfs-csi`: parse flags, set up logging, serve until SIGTERM/SIGINT.
+//! `zfs-csi`: parse flags, set up logging, serve until SIGTERM/SIGINT; or, when the first
+//! argument names one (`import`, `volumes`, `snapshots`), run an operator command (cli/).
 
 use std::process::ExitCode;
 
@@ -7,6 +8,9 @@ use zfs_csi::config::{self, Config, LogFormat};
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if zfs_csi::cli::is_operator_command(&args) {
+        return zfs_csi::cli::main(&args);
+    }
     let config = match Config::try_parse_from(&args) {
         Ok(config) => config,
         Err(e) if !e.use_stderr() => {

@@ -6,6 +6,9 @@
 set -uo pipefail
 cd /mnt/share
 export ZFS_CSI_BIN=/mnt/share/bin/zfs-csi PATH=/mnt/share/bin:$PATH
+# Where tests leave output for host-side checks (tests/cli.rs: import's YAML, which
+# hack/test.sh validates against the Kubernetes schemas).
+export ZFS_CSI_TEST_OUT=/mnt/share/out
 echo "guest: $(uname -r), $(zfs version | tr '\n' ' ')"
 for pool in ai:vdb vms:vdc tank:vdd; do
   zpool create -f -O compression=lz4 "${pool%%:*}" "/dev/${pool##*:}" || exit 10

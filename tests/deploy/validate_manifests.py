@@ -247,6 +247,10 @@ def cross_checks(docs, report, context=()):
         else:
             report.ok(what, how)
 
+    def class_defined(spec):
+        # "" is no class: a static PV and the claim bound to it by name (zfs-csi import).
+        return spec.get("storageClassName") == "" or spec.get("storageClassName") in named("StorageClass")
+
     drivers = set(named("CSIDriver"))
     parents = None
     for _, _, doc in docs:
@@ -287,14 +291,31 @@ def cross_checks(docs, report, context=()):
             csi = spec.get("csi") or {}
             if drivers and csi.get("driver") not in drivers:
                 problems.append(f"csi.driver {csi.get('driver')!r} is not a CSIDriver here {sorted(drivers)}")
-            if spec.get("storageClassName") not in named("StorageClass"):
+            if not class_defined(spec):
                 problems.append(f"storageClassName {spec.get('storageClassName')!r} is not defined here")
+            claim_ref = spec.get("claimRef")
+            if claim_ref:
+                claim = named("PersistentVolumeClaim").get(claim_ref.get("name"))
+                claim_meta = (claim or {}).get("metadata") or {}
+                claim_spec = (claim or {}).get("spec") or {}
+                if claim is None:
+                    problems.append(f"claimRef {claim_ref.get('name')!r} is not a PVC defined here")
+                elif claim_meta.get("namespace", "default") != claim_ref.get("namespace", "default"):
+                    problems.append(f"claimRef namespace {claim_ref.get('namespace')!r} is not its PVC's "
+                                    f"{claim_meta.get('namespace')!r}")
+                elif claim_spec.get("volumeName") not in (None, doc["metadata"]["name"]):
+                    problems.append(f"its PVC {claim_ref.get('name')!r} names another volume "
+                                    f"{claim_spec.get('volumeName')!r}")
+                elif claim_spec.get("storageClassName") != spec.get("storageClassName"):
+                    problems.append("its PVC has another storageClassName: the PV would not bind")
+                elif claim_spec.get("volumeMode", "Filesystem") != spec.get("volumeMode", "Filesystem"):
+                    problems.append("its PVC has another volumeMode: the PV would not bind")
             handle = csi.get("volumeHandle", "")
             if parents is not None and handle.split("/")[0] not in [p.split("/")[0] for p in parents]:
                 problems.append(f"volumeHandle {handle!r} is outside the driver's parents {parents}")
-            check(what, "driver name, class, volumeHandle within --parents", problems)
+            check(what, "driver name, class, volumeHandle within --parents, claimRef and its PVC agree", problems)
         elif kind == "PersistentVolumeClaim":
-            if spec.get("storageClassName") not in named("StorageClass"):
+            if not class_defined(spec):
                 problems.append(f"storageClassName {spec.get('storageClassName')!r} is not defined here")
             source = spec.get("dataSource")
             if source and source.get("name") not in named(source.get("kind")):

@@ -53,18 +53,11 @@ impl ControllerService {
 
     /// The driver's volumes and snapshots below all parents (nested parents listed once).
     pub(super) async fn list_below_parents(&self, properties: &[&str], types: &[DatasetType]) -> Result<Vec<crate::zfs::Dataset>, Status> {
-        let mut all: BTreeMap<String, crate::zfs::Dataset> = BTreeMap::new();
-        for parent in &self.driver.parents {
-            let datasets = match self.driver.zfs.get(parent, properties, Depth::All, types).await {
-                Ok(d) => d,
-                Err(ZfsError::NotFound(_)) => continue,
-                Err(e) => return Err(zfs_status(&format!("listing {parent}"), e)),
-            };
-            for dataset in datasets {
-                all.entry(dataset.name.clone()).or_insert(dataset);
-            }
-        }
-        Ok(all.into_values().collect())
+        self.driver
+            .zfs
+            .get_below(&self.driver.parents, properties, types)
+            .await
+            .map_err(|e| zfs_status("listing the parents", e))
     }
 }
 

@@ -8,7 +8,7 @@
 //! operation lock, check idempotency, act, answer. All state is in ZFS user properties
 //! (`state.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};

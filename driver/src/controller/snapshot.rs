@@ -2,6 +2,8 @@
 //! replicated snapshots (`replication.rs` moves the data).
 
 use super::*;
+use std::collections::BTreeMap;
+
 use crate::replication::replica_source;
 
 /// The VolumeSnapshotClass parameter that makes snapshots replicated.

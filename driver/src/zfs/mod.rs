@@ -401,9 +401,44 @@ impl Zfs {
     /// have. `zfs get` reports a missing target on standard error and carries on with the
     /// others; any other error fails the call.
     pub async fn get_existing(&self, targets: &[String], properties: &[&str]) -> Result<Vec<Dataset>> {
+        self.get_each_tolerating_missing(targets, properties, &[]).await
+    }
+
+    /// The snapshots of each of `datasets` (not of their descendants: `-d 1 -t snapshot`),
+    /// with `properties`, in one command per 256 datasets. The cost is that of these
+    /// datasets' own snapshots, whatever else the pool holds. A dataset destroyed meanwhile
+    /// is skipped, as in `get_existing`.
+    pub async fn snapshots_of(&self, datasets: &[String], properties: &[&str]) -> Result<Vec<Dataset>> {
+        let options = strings(["-d", "1", "-t", DatasetType::Snapshot.as_str()]);
+        self.get_each_tolerating_missing(datasets, properties, &options).await
+    }
+
+    /// The filesystems and volumes (`types`) below each of `parents`, the parents included,
+    /// with `properties`: one recursive `zfs get` per parent, a nested parent's datasets
+    /// listed once, sorted by name. A parent that does not exist (a node without that pool)
+    /// adds nothing.
+    pub async fn get_below(&self, parents: &[DatasetName], properties: &[&str], types: &[DatasetType]) -> Result<Vec<Dataset>> {
+        let mut all: std::collections::BTreeMap<String, Dataset> = std::collections::BTreeMap::new();
+        for parent in parents {
+            let datasets = match self.get(parent, properties, Depth::All, types).await {
+                Ok(d) => d,
+                Err(ZfsError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for dataset in datasets {
+                all.entry(dataset.name.clone()).or_insert(dataset);
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    /// `zfs get <options> properties target…` in chunks of 256 targets, skipping targets that
+    /// do not exist.
+    async fn get_each_tolerating_missing(&self, targets: &[String], properties: &[&str], options: &[String]) -> Result<Vec<Dataset>> {
         let mut found = Vec::new();
         for chunk in targets.chunks(256) {
             let mut args = strings(["get", "-H", "-p", "-o", "name,property,value,source"]);
+            args.extend(options.iter().cloned());
             args.push(properties.join(","));
             args.extend(chunk.iter().cloned());
             let command = format!("zfs {}", args.join(" "));
