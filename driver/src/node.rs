@@ -919,6 +919,8 @@ mod tests {
             capacity: 1 << 30,
             content_source: None,
             parameters: None,
+            mutable_parameters: None,
+            key_from_secret: false,
             fstype: fstype.map(str::to_string),
             shared: false,
             deleted: false,

@@ -34,6 +34,12 @@ pub mod prop {
     /// On a snapshot the driver took to clone a volume: the clone it was taken for. Such
     /// snapshots are internal (not listed) and go with their clone.
     pub const CLONE_OF_VOLUME: &str = "zfs-csi.io:clone-for";
+    /// The VolumeAttributesClass parameters in effect (`mutable_parameters` at creation, then
+    /// each ControllerModifyVolume's merged over them), canonical (`MutableParams::canonical`).
+    pub const MUTABLE_PARAMETERS: &str = "zfs-csi.io:mutable-parameters";
+    /// "secret" on a volume created as its own encryption root with the key from the
+    /// provisioner secret (`keylocation=prompt`): the fact only, never the key.
+    pub const KEY_SOURCE: &str = "zfs-csi.io:key-source";
     pub const PVC_NAME: &str = "zfs-csi.io:pvc-name";
     pub const PVC_NAMESPACE: &str = "zfs-csi.io:pvc-namespace";
     pub const PV_NAME: &str = "zfs-csi.io:pv-name";
@@ -65,6 +71,8 @@ pub const VOLUME_PROPERTIES: &[&str] = &[
     prop::FSTYPE,
     prop::SHARED,
     prop::DELETED,
+    prop::MUTABLE_PARAMETERS,
+    prop::KEY_SOURCE,
 ];
 
 /// What is read to describe a snapshot.
@@ -109,6 +117,10 @@ pub struct VolumeInfo {
     pub capacity: u64,
     pub content_source: Option<String>,
     pub parameters: Option<String>,
+    /// The VolumeAttributesClass parameters in effect, canonical.
+    pub mutable_parameters: Option<String>,
+    /// The key of this encryption root comes from a Secret.
+    pub key_from_secret: bool,
     pub fstype: Option<String>,
     pub shared: bool,
     pub deleted: bool,
@@ -139,6 +151,8 @@ impl VolumeInfo {
             capacity,
             content_source: owned(prop::CONTENT_SOURCE),
             parameters: owned(prop::PARAMETERS),
+            mutable_parameters: owned(prop::MUTABLE_PARAMETERS),
+            key_from_secret: own_property(dataset, prop::KEY_SOURCE) == Some("secret"),
             fstype: owned(prop::FSTYPE),
             shared: own_property(dataset, prop::SHARED) == Some("yes"),
             deleted: own_property(dataset, prop::DELETED) == Some("true"),
@@ -154,6 +168,13 @@ impl VolumeInfo {
             context.insert("fstype".to_string(), fstype.clone());
         }
         context.insert("shared".to_string(), if self.shared { "yes" } else { "no" }.to_string());
+        // What ControllerGetVolume and ListVolumes show of a VolumeAttributesClass applied.
+        if let Some(mutable) = self.mutable_parameters.as_ref().filter(|m| !m.is_empty()) {
+            context.insert("mutableParameters".to_string(), mutable.clone());
+        }
+        if self.key_from_secret {
+            context.insert("keySource".to_string(), "secret".to_string());
+        }
         context
     }
 }
