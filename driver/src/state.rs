@@ -37,8 +37,9 @@ pub mod prop {
     /// The VolumeAttributesClass parameters in effect (`mutable_parameters` at creation, then
     /// each ControllerModifyVolume's merged over them), canonical (`MutableParams::canonical`).
     pub const MUTABLE_PARAMETERS: &str = "zfs-csi.io:mutable-parameters";
-    /// "secret" on a volume created as its own encryption root with the key from the
-    /// provisioner secret (`keylocation=prompt`): the fact only, never the key.
+    /// "secret" on a volume whose encryption root is keyed from a Secret (`keylocation=prompt`):
+    /// a volume created as its own root with the provisioner secret's key, or a clone or
+    /// restore of one made with that Secret. The fact only, never the key.
     pub const KEY_SOURCE: &str = "zfs-csi.io:key-source";
     pub const PVC_NAME: &str = "zfs-csi.io:pvc-name";
     pub const PVC_NAMESPACE: &str = "zfs-csi.io:pvc-namespace";
