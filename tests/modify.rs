@@ -225,3 +225,43 @@ async fn modify_create_volume_with_mutable_parameters_applies_records_and_checks
     d.delete(&v.volume_id).await;
     d.delete(&w.volume_id).await;
 }
+
+/// A pool of two image files, the second a special vdev; destroyed with the files on drop.
+struct PoolWithSpecialVdev {
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PoolWithSpecialVdev {
+    fn create() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = unique("special").replace('-', "_");
+        let (data, special) = (dir.path().join("data.img"), dir.path().join("special.img"));
+        for image in [&data, &special] {
+            std::fs::File::create(image).and_then(|f| f.set_len(256 << 20)).expect("an image file");
+        }
+        let (data, special) = (data.display().to_string(), special.display().to_string());
+        run("zpool", &["create", "-f", &name, &data, "special", &special]).expect("zpool create with a special vdev");
+        Self { name, _dir: dir }
+    }
+}
+
+impl Drop for PoolWithSpecialVdev {
+    fn drop(&mut self) {
+        // The image files go with `dir`, after this.
+        let _ = run("zpool", &["destroy", "-f", &self.name]);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
+async fn modify_special_small_blocks_on_a_pool_with_a_special_vdev() {
+    let pool = PoolWithSpecialVdev::create();
+    let d = DriverProcess::start(&pool.name).await;
+    let v = d.create(create_request(&unique("pvc-special"), &pool.name, mount_capability(""), 64 * MIB)).await;
+    modify(&d, &v.volume_id, &[("special_small_blocks", "64K")]).await;
+    assert_eq!(zfs_get(&v.volume_id, "special_small_blocks"), ("65536".into(), "local".into()));
+    modify(&d, &v.volume_id, &[("special_small_blocks", "0")]).await;
+    assert_eq!(zfs_get(&v.volume_id, "special_small_blocks"), ("0".into(), "default".into()), "the pool's own value: inherited again");
+    d.delete(&v.volume_id).await;
+}
