@@ -581,7 +581,7 @@ mod tests {
         }
         let e = mutable(&[("XXX_FakeKey", "XXX_FakeValue"), ("compresion", "lz4")]).unwrap_err();
         assert!(e.contains("unknown mutable parameters XXX_FakeKey, compresion"), "{e}");
-        for (k, v) in [("compression", "gzip-12"), ("recordsize", "3k"), ("atime", "maybe"), ("sync", "sometimes"), ("special_small_blocks", "100")] {
+        for (k, v) in [("compression", "gzip-12"), ("recordsize", "3k"), ("atime", "maybe"), ("sync", "sometimes"), ("special_small_blocks", "100"), ("keylocation", "file:///k"), ("thinprovision", "yes")] {
             assert!(mutable(&[(k, v)]).is_err(), "{k}={v} accepted");
         }
     }
