@@ -27,11 +27,11 @@ async fn filesystems_and_zvols_are_created_with_properties_and_inherit_compressi
     let zfs = layer();
     for pool in POOLS {
         let fs = name(pool, "layer-fs");
-        zfs.create_filesystem(&fs, &props(&[("mountpoint", "legacy"), ("refquota", "1073741824"), ("zfs-csi.io:test", "yes")]))
+        zfs.create_filesystem(&fs, &props(&[("mountpoint", "legacy"), ("refquota", "1073741824"), ("zfs-csi.io:test", "yes")]), None)
             .await
             .unwrap();
         let zvol = name(pool, "layer-zvol");
-        zfs.create_volume(&zvol, 64 << 20, true, &props(&[("volblocksize", "16384")])).await.unwrap();
+        zfs.create_volume(&zvol, 64 << 20, true, &props(&[("volblocksize", "16384")]), None).await.unwrap();
 
         let got = zfs.get_one(&fs, &["type", "compression", "refquota", "zfs-csi.io:test", "mountpoint"]).await.unwrap();
         assert_eq!(got.dataset_type(), Some(DatasetType::Filesystem));
@@ -61,11 +61,11 @@ async fn filesystems_and_zvols_are_created_with_properties_and_inherit_compressi
 async fn listing_follows_depth_and_type_filters() {
     let zfs = layer();
     let top = name("tank", "layer-list");
-    zfs.create_filesystem(&top, &Vec::new()).await.unwrap();
+    zfs.create_filesystem(&top, &Vec::new(), None).await.unwrap();
     let child = top.child("child").unwrap();
-    zfs.create_filesystem(&child, &Vec::new()).await.unwrap();
+    zfs.create_filesystem(&child, &Vec::new(), None).await.unwrap();
     let grandchild = child.child("vol").unwrap();
-    zfs.create_volume(&grandchild, 1 << 20, true, &Vec::new()).await.unwrap();
+    zfs.create_volume(&grandchild, 1 << 20, true, &Vec::new(), None).await.unwrap();
     zfs.snapshot(&child.snapshot("s1").unwrap(), &Vec::new()).await.unwrap();
 
     let names = |sets: Vec<zfs_csi::zfs::Dataset>| sets.into_iter().map(|d| d.name).collect::<Vec<_>>();
@@ -87,7 +87,7 @@ async fn snapshots_clones_properties_and_deferred_destroy() {
     let zfs = layer();
     for pool in POOLS {
         let origin = name(pool, "layer-origin");
-        zfs.create_volume(&origin, 32 << 20, true, &Vec::new()).await.unwrap();
+        zfs.create_volume(&origin, 32 << 20, true, &Vec::new(), None).await.unwrap();
         let snap = origin.snapshot("s1").unwrap();
         zfs.snapshot(&snap, &props(&[("zfs-csi.io:csi-name", "s1")])).await.unwrap();
         let got = zfs.get_one(&snap, &["type", "zfs-csi.io:csi-name"]).await.unwrap();
@@ -141,8 +141,8 @@ async fn real_error_messages_become_typed_errors() {
     assert!(matches!(e, Ok(()) | Err(ZfsError::NotFound(_))), "{e:?}");
 
     let fs = name("vms", "layer-errors");
-    zfs.create_filesystem(&fs, &Vec::new()).await.unwrap();
-    let e = zfs.create_filesystem(&fs, &Vec::new()).await.unwrap_err();
+    zfs.create_filesystem(&fs, &Vec::new(), None).await.unwrap();
+    let e = zfs.create_filesystem(&fs, &Vec::new(), None).await.unwrap_err();
     assert!(matches!(e, ZfsError::AlreadyExists(_)), "{e:?}");
 
     let snap = fs.snapshot("s").unwrap();
@@ -152,12 +152,12 @@ async fn real_error_messages_become_typed_errors() {
     let e = zfs.destroy_snapshot(&snap, Destroy::Now).await.unwrap_err();
     assert!(matches!(e, ZfsError::HasDependents(_)), "snapshot with a clone: {e:?}");
 
-    let e = zfs.create_volume(&name("vms", "layer-huge"), 100 << 30, false, &Vec::new()).await.unwrap_err();
+    let e = zfs.create_volume(&name("vms", "layer-huge"), 100 << 30, false, &Vec::new(), None).await.unwrap_err();
     assert!(matches!(e, ZfsError::NoSpace(_)), "thick zvol larger than the pool: {e:?}");
 
-    let e = zfs.create_filesystem(&name("vms", "layer-bad"), &props(&[("compression", "bogus")])).await.unwrap_err();
+    let e = zfs.create_filesystem(&name("vms", "layer-bad"), &props(&[("compression", "bogus")]), None).await.unwrap_err();
     assert!(matches!(e, ZfsError::Invalid(_)), "bad property value: {e:?}");
-    let e = zfs.create_volume(&name("vms", "layer-bad"), 1 << 20, true, &props(&[("volblocksize", "3000")])).await.unwrap_err();
+    let e = zfs.create_volume(&name("vms", "layer-bad"), 1 << 20, true, &props(&[("volblocksize", "3000")]), None).await.unwrap_err();
     assert!(matches!(e, ZfsError::Invalid(_)), "volblocksize not a power of two: {e:?}");
 
 
@@ -171,7 +171,7 @@ async fn real_error_messages_become_typed_errors() {
 async fn creation_only_properties_and_impossible_sizes_are_final_errors() {
     let zfs = layer();
     let origin = name("vms", "layer-final");
-    zfs.create_volume(&origin, 32 << 20, true, &props(&[("volblocksize", "65536")])).await.unwrap();
+    zfs.create_volume(&origin, 32 << 20, true, &props(&[("volblocksize", "65536")]), None).await.unwrap();
     let snap = origin.snapshot("s").unwrap();
     zfs.snapshot(&snap, &Vec::new()).await.unwrap();
     for (property, value) in [("volblocksize", "16384"), ("encryption", "on"), ("keylocation", "file:///tmp/k")] {
@@ -184,7 +184,7 @@ async fn creation_only_properties_and_impossible_sizes_are_final_errors() {
     assert!(matches!(e, ZfsError::Invalid(_)), "volsize not a multiple of the block size: {e:?}");
 
     let fs = name("vms", "layer-final-fs");
-    zfs.create_filesystem(&fs, &Vec::new()).await.unwrap();
+    zfs.create_filesystem(&fs, &Vec::new(), None).await.unwrap();
     zfs_csi_tests::write_incompressible(std::path::Path::new(&format!("/{fs}/data")), 4 << 20);
     let e = zfs.set(&fs, &props(&[("refquota", "1048576")])).await.unwrap_err();
     assert!(matches!(e, ZfsError::OutOfRange(_)), "refquota below what it uses: {e:?}");
@@ -197,7 +197,7 @@ async fn creation_only_properties_and_impossible_sizes_are_final_errors() {
 async fn get_existing_reads_the_targets_that_exist_and_skips_the_others() {
     let zfs = layer();
     let fs = name("tank", "layer-existing");
-    zfs.create_filesystem(&fs, &Vec::new()).await.unwrap();
+    zfs.create_filesystem(&fs, &Vec::new(), None).await.unwrap();
     zfs.snapshot(&fs.snapshot("s").unwrap(), &Vec::new()).await.unwrap();
     let targets: Vec<String> = [format!("{fs}@s"), format!("{fs}@missing"), "tank/none@x".into(), "nopool/x@y".into(), fs.to_string()].into();
     let found = zfs.get_existing(&targets, &["type"]).await.unwrap();
@@ -249,7 +249,7 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
     };
 
     let owned = name("ai", "owned");
-    zfs.create_filesystem(&owned, &ours).await.unwrap();
+    zfs.create_filesystem(&owned, &ours, None).await.unwrap();
     assert_eq!(delete(&owned, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: None });
     assert!(!dataset_exists(owned.as_str()));
     assert_eq!(delete(&owned, "zfs-csi.io").await, OwnedDelete::NotFound);
@@ -257,13 +257,13 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
     // Someone else's, another driver's, one that only inherits our marker, and a replica
     // received with `zfs send -p | zfs recv`, whose marker is a received value, not ours.
     let foreign = name("ai", "foreign");
-    zfs.create_filesystem(&foreign, &Vec::new()).await.unwrap();
+    zfs.create_filesystem(&foreign, &Vec::new(), None).await.unwrap();
     let parent = name("ai", "marked-parent");
-    zfs.create_filesystem(&parent, &ours).await.unwrap();
+    zfs.create_filesystem(&parent, &ours, None).await.unwrap();
     let child = parent.child("child").unwrap();
-    zfs.create_filesystem(&child, &Vec::new()).await.unwrap();
+    zfs.create_filesystem(&child, &Vec::new(), None).await.unwrap();
     let sent = name("ai", "sent");
-    zfs.create_filesystem(&sent, &ours).await.unwrap();
+    zfs.create_filesystem(&sent, &ours, None).await.unwrap();
     cli(&["snapshot", &format!("{sent}@r")]);
     let received = name("ai", "received");
     let send = std::process::Command::new("zfs").args(["send", "-p", &format!("{sent}@r")]).stdout(std::process::Stdio::piped()).spawn().unwrap();
@@ -278,7 +278,7 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
 
     // Dependents: marked in the same step, untouched otherwise.
     let with_snapshot = name("ai", "with-snap");
-    zfs.create_filesystem(&with_snapshot, &ours).await.unwrap();
+    zfs.create_filesystem(&with_snapshot, &ours, None).await.unwrap();
     let snap = with_snapshot.snapshot("s").unwrap();
     zfs.snapshot(&snap, &Vec::new()).await.unwrap();
     assert_eq!(delete(&with_snapshot, "zfs-csi.io").await, OwnedDelete::Marked);
@@ -287,7 +287,7 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
 
     // In use: a mounted filesystem and an open zvol are refused (EBUSY), never unmounted.
     let mounted = name("ai", "mounted");
-    zfs.create_filesystem(&mounted, &ours).await.unwrap();
+    zfs.create_filesystem(&mounted, &ours, None).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     zfs_csi::mount::mount_filesystem(mounted.as_str(), dir.path(), "zfs", &[], false).unwrap();
     std::fs::write(dir.path().join("f"), b"kept").unwrap();
@@ -297,7 +297,7 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
     assert_eq!(delete(&mounted, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: None });
 
     let zvol = name("ai", "zvol");
-    zfs.create_volume(&zvol, 1 << 20, true, &props(&[(marker, "zfs-csi.io")])).await.unwrap();
+    zfs.create_volume(&zvol, 1 << 20, true, &props(&[(marker, "zfs-csi.io")]), None).await.unwrap();
     let device = wait_for_zvol_link(zvol.as_str());
     let held = std::fs::File::open(&device).unwrap();
     assert_eq!(delete(&zvol, "zfs-csi.io").await, OwnedDelete::Refused(16), "an open zvol");

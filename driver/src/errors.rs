@@ -18,6 +18,9 @@ pub fn zfs_status(what: &str, err: ZfsError) -> Status {
         ZfsError::NoSpace(_) => Status::resource_exhausted(message),
         ZfsError::Invalid(_) => Status::invalid_argument(message),
         ZfsError::OutOfRange(_) => Status::out_of_range(message),
+        ZfsError::WrongKey(_) => Status::failed_precondition(format!(
+            "{message}; the Secret's encryptionKey does not open this volume's encryption root: nothing was changed"
+        )),
         ZfsError::Unavailable { .. } => Status::unavailable(format!(
             "{message}; check that the zfs userland is reachable (--command-prefix)"
         )),
@@ -45,6 +48,7 @@ mod tests {
             (ZfsError::NoSpace("x".into()), Code::ResourceExhausted),
             (ZfsError::Invalid("x".into()), Code::InvalidArgument),
             (ZfsError::OutOfRange("x".into()), Code::OutOfRange),
+            (ZfsError::WrongKey("x".into()), Code::FailedPrecondition),
             (ZfsError::Failed { command: "zfs".into(), stderr: "?".into() }, Code::Internal),
         ];
         for (err, code) in cases {

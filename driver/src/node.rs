@@ -19,9 +19,9 @@ use crate::errors::{missing, zfs_status};
 use crate::locks::LockKey;
 use crate::format::{self, DeviceContent, FormatError, Formatter};
 use crate::mount::{self, MountEntry, MountError};
-use crate::params::FsType;
+use crate::params::{check_secret_key, FsType, SECRET_KEY};
 use crate::state::{VolumeInfo, VolumeKind};
-use crate::zfs::{DatasetName, Properties};
+use crate::zfs::{DatasetName, KeyMaterial, Properties};
 
 /// How long to wait for udev to create `/dev/zvol/<name>` after a zvol appears.
 const ZVOL_DEVICE_DEADLINE: Duration = Duration::from_secs(30);
@@ -185,6 +185,49 @@ impl NodeService {
         let not_found = || Status::not_found(format!("volume {volume_id} does not exist on node {}", self.driver.node_id));
         let name = self.driver.volume_name(volume_id)?.ok_or_else(not_found)?;
         self.driver.volume(&name).await?.filter(|v| !v.deleted).ok_or_else(not_found)
+    }
+
+    /// Loads the key of the volume's encryption root when it is not loaded (after a reboot
+    /// every key is unloaded): from the node-stage secret's `encryptionKey` on standard input
+    /// for a root keyed from a Secret (`keylocation=prompt`), from its `keylocation` otherwise.
+    /// A clone's root is its origin's, so a clone or restore loads with the origin's secret.
+    /// A missing or wrong key is refused before anything is mounted, and ZFS changes nothing.
+    async fn load_key_if_needed(&self, volume: &VolumeInfo, secrets: &std::collections::HashMap<String, String>) -> Result<(), Status> {
+        let zfs = &self.driver.zfs;
+        let what = format!("reading the encryption of volume {}", volume.name);
+        let dataset = zfs
+            .get_one(&volume.name, &["encryption", "encryptionroot", "keystatus"])
+            .await
+            .map_err(|e| zfs_status(&what, e))?;
+        if matches!(dataset.get("encryption"), None | Some("off") | Some("-")) || dataset.get("keystatus") == Some("available") {
+            return Ok(());
+        }
+        let root = dataset
+            .get("encryptionroot")
+            .and_then(|r| DatasetName::parse(r).ok())
+            .ok_or_else(|| Status::internal(format!("volume {} is encrypted but has no encryption root", volume.name)))?;
+        let location = zfs
+            .get_one(&root, &["keylocation", "keyformat"])
+            .await
+            .map_err(|e| zfs_status(&format!("reading the key location of {root}"), e))?;
+        let key = if location.get("keylocation") == Some("prompt") {
+            let key = secrets.get(SECRET_KEY).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "volume {} is encrypted with a key from a Secret (encryption root {root}), and the key is not                      loaded on node {}: its StorageClass must name the Secret in                      csi.storage.k8s.io/node-stage-secret-name and -namespace, with the key in {SECRET_KEY}",
+                    volume.name, self.driver.node_id
+                ))
+            })?;
+            check_secret_key(location.get("keyformat").unwrap_or("passphrase"), key)
+                .map_err(|e| Status::invalid_argument(format!("node-stage secret for volume {}: {e}", volume.name)))?;
+            Some(KeyMaterial::new(key.as_bytes()))
+        } else {
+            None
+        };
+        zfs.load_key(&root, key.as_ref())
+            .await
+            .map_err(|e| zfs_status(&format!("loading the key of {root} for volume {}", volume.name), e))?;
+        tracing::info!(volume = %volume.name, root = %root, "encryption key loaded");
+        Ok(())
     }
 
     async fn zvol_device(&self, name: &DatasetName) -> Result<PathBuf, Status> {
@@ -680,6 +723,8 @@ impl Node for NodeService {
         let read_only = capability::is_read_only(cap);
         let _lock = self.driver.lock(LockKey::Volume(req.volume_id.clone()))?;
         let volume = self.existing_volume(&req.volume_id).await?;
+        // Before anything is mounted: a locked zvol has no device, a locked dataset no data.
+        self.load_key_if_needed(&volume, &req.secrets).await?;
         match (access, volume.kind) {
             (AccessType::Block, VolumeKind::Filesystem) => {
                 return Err(Status::invalid_argument(format!(
@@ -919,6 +964,8 @@ mod tests {
             capacity: 1 << 30,
             content_source: None,
             parameters: None,
+            mutable_parameters: None,
+            key_from_secret: false,
             fstype: fstype.map(str::to_string),
             shared: false,
             deleted: false,

@@ -230,12 +230,7 @@ impl VolumeParams {
                     "volblocksize" => params.volblocksize = Some(block_size(key, value, 512, 16 << 20)?),
                     "compression" => params.compression = Some(compression(value)?),
                     "dedup" => {
-                        params.dedup = Some(one_of(
-                            key,
-                            value,
-                            &["on", "off", "verify", "sha256", "sha256,verify", "sha512", "sha512,verify",
-                              "skein", "skein,verify", "edonr,verify", "blake3", "blake3,verify"],
-                        )?)
+                        params.dedup = Some(one_of(key, value, DEDUP_VALUES)?)
                     }
                     "thinprovision" => params.thin = yes_no(key, value)?,
                     "quotatype" => {
@@ -291,6 +286,180 @@ impl VolumeParams {
             return Err(errors.join("; "));
         }
         Ok(params)
+    }
+}
+
+/// The key in a provisioner or node-stage Secret that holds a volume's encryption key.
+pub const SECRET_KEY: &str = "encryptionKey";
+
+impl VolumeParams {
+    /// Makes the volume its own encryption root keyed from the provisioner secret
+    /// (`keylocation=prompt`, the key on standard input), with the class's `encryption` and
+    /// `keyformat` (default `on` and `passphrase`); the key is checked against the format.
+    pub fn use_key_from_secret(&mut self, key: &str) -> Result<(), String> {
+        if let Some(location) = &self.keylocation {
+            return Err(format!(
+                "keylocation {location} and the provisioner secret's {SECRET_KEY} both give the key; use one of them"
+            ));
+        }
+        if self.encryption.as_deref() == Some("off") {
+            return Err(format!("encryption is off, yet the provisioner secret gives an {SECRET_KEY}"));
+        }
+        let format = self.keyformat.get_or_insert_with(|| "passphrase".to_string()).clone();
+        check_secret_key(&format, key)?;
+        self.encryption.get_or_insert_with(|| "on".to_string());
+        self.keylocation = Some("prompt".to_string());
+        Ok(())
+    }
+}
+
+/// Whether a Secret's key fits `keyformat`, checked before ZFS sees it so that a bad Secret is
+/// named as such: a passphrase of 8 to 512 bytes, or 64 hexadecimal digits. `raw` (32 binary
+/// bytes) cannot come through CSI, whose secrets are UTF-8 strings.
+pub fn check_secret_key(keyformat: &str, key: &str) -> Result<(), String> {
+    match keyformat {
+        "passphrase" if (8..=512).contains(&key.len()) => Ok(()),
+        "passphrase" => Err(format!("the Secret's {SECRET_KEY} must be a passphrase of 8 to 512 bytes")),
+        "hex" if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        "hex" => Err(format!("the Secret's {SECRET_KEY} must be 64 hexadecimal digits (keyformat hex)")),
+        other => Err(format!(
+            "keyformat {other} cannot be keyed from a Secret (its values are text): use passphrase or hex"
+        )),
+    }
+}
+
+/// The StorageClass keys that only mean something when a volume is created: asked for in a
+/// VolumeAttributesClass they are refused, by name, as ZFS or the volume's kind fixes them.
+const CREATION_ONLY_KEYS: &[(&str, &str)] = &[
+    ("poolname", "a volume stays in the pool it was created in"),
+    ("fstype", "a volume's filesystem is chosen at creation"),
+    ("volblocksize", "ZFS fixes a zvol's block size at creation"),
+    ("thinprovision", "the reservation follows the StorageClass at creation and expansion"),
+    ("quotatype", "the quota property is chosen at creation"),
+    ("shared", "sharing is recorded at creation"),
+    ("encryption", "ZFS fixes encryption at creation"),
+    ("keyformat", "ZFS fixes encryption at creation"),
+    ("keylocation", "ZFS fixes encryption at creation"),
+];
+
+/// The ZFS properties a VolumeAttributesClass may change on a live volume (ControllerModifyVolume,
+/// and `mutable_parameters` in CreateVolume), canonical: lower case, sizes in bytes, the form
+/// `zfs get -p` prints, so a value compares equal to the parent's effective value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MutableParams {
+    pub properties: BTreeMap<&'static str, String>,
+}
+
+/// The mutable keys, in the order the documentation lists them.
+pub const MUTABLE_KEYS: &[&str] = &[
+    "compression", "recordsize", "atime", "dedup", "sync", "logbias", "primarycache", "secondarycache",
+    "redundant_metadata", "special_small_blocks",
+];
+
+const DEDUP_VALUES: &[&str] = &[
+    "on", "off", "verify", "sha256", "sha256,verify", "sha512", "sha512,verify", "skein", "skein,verify",
+    "edonr,verify", "blake3", "blake3,verify",
+];
+
+impl MutableParams {
+    /// Parses mutable parameters; the error names every refused key and why.
+    pub fn parse(parameters: &HashMap<String, String>) -> Result<Self, String> {
+        let mut properties = BTreeMap::new();
+        let mut errors = Vec::new();
+        let mut unknown = Vec::new();
+        for (key, value) in parameters {
+            let parsed = match key.as_str() {
+                "compression" => compression(value).map(|v| ("compression", v)),
+                "recordsize" => block_size(key, value, 512, 16 << 20).map(|b| ("recordsize", b.to_string())),
+                "atime" => one_of(key, value, &["on", "off"]).map(|v| ("atime", v)),
+                "dedup" => one_of(key, value, DEDUP_VALUES).map(|v| ("dedup", v)),
+                "sync" => one_of(key, value, &["standard", "always", "disabled"]).map(|v| ("sync", v)),
+                "logbias" => one_of(key, value, &["latency", "throughput"]).map(|v| ("logbias", v)),
+                "primarycache" => one_of(key, value, &["all", "none", "metadata"]).map(|v| ("primarycache", v)),
+                "secondarycache" => one_of(key, value, &["all", "none", "metadata"]).map(|v| ("secondarycache", v)),
+                "redundant_metadata" => {
+                    one_of(key, value, &["all", "most", "some", "none"]).map(|v| ("redundant_metadata", v))
+                }
+                // 0 turns it off; else blocks up to this size go to the special vdev.
+                "special_small_blocks" if value.trim() == "0" => Ok(("special_small_blocks", "0".to_string())),
+                "special_small_blocks" => {
+                    block_size(key, value, 512, 16 << 20).map(|b| ("special_small_blocks", b.to_string()))
+                }
+                k => {
+                    match CREATION_ONLY_KEYS.iter().find(|(name, _)| *name == k) {
+                        Some((name, why)) => errors.push(format!("{name} cannot change on a live volume ({why})")),
+                        None => unknown.push(key.clone()),
+                    }
+                    continue;
+                }
+            };
+            match parsed {
+                Ok((k, v)) => {
+                    properties.insert(k, v);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.sort();
+            errors.push(format!(
+                "unknown mutable parameters {}; mutable: {}",
+                unknown.join(", "),
+                MUTABLE_KEYS.join(", ")
+            ));
+        }
+        if !errors.is_empty() {
+            errors.sort();
+            return Err(errors.join("; "));
+        }
+        Ok(Self { properties })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.properties.is_empty()
+    }
+
+    /// The properties that apply to a volume of this kind: a zvol has no `recordsize` (its
+    /// block size is `volblocksize`, fixed at creation), so a class that serves both kinds
+    /// leaves it out for zvols, as CreateVolume does with the StorageClass's.
+    pub fn applicable(&self, zvol: bool) -> BTreeMap<&'static str, String> {
+        self.properties
+            .iter()
+            .filter(|(k, _)| !(zvol && **k == "recordsize"))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
+    /// The form recorded in `zfs-csi.io:mutable-parameters`: `key=value`, sorted, separated
+    /// by `;` (a `dedup` value such as `sha256,verify` holds a comma).
+    pub fn canonical(&self) -> String {
+        self.properties.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+    }
+
+    /// Reads a recorded canonical form back; entries that no longer parse are dropped.
+    pub fn from_canonical(recorded: &str) -> Self {
+        let pairs: HashMap<String, String> = recorded
+            .split(';')
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let properties = pairs
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let one = HashMap::from([(k, v)]);
+                Self::parse(&one).ok()
+            })
+            .flat_map(|p| p.properties)
+            .collect();
+        Self { properties }
+    }
+
+    /// These parameters with `newer`'s values over them: a modification names only the keys
+    /// it changes (CSI: "only keys that are specified should result in modifications").
+    pub fn merged(&self, newer: &MutableParams) -> MutableParams {
+        let mut properties = self.properties.clone();
+        properties.extend(newer.properties.iter().map(|(k, v)| (*k, v.clone())));
+        MutableParams { properties }
     }
 }
 
@@ -376,5 +545,73 @@ mod tests {
         ] {
             assert!(parse(&[(k, v)]).is_err(), "{k}={v} accepted");
         }
+    }
+    fn mutable(pairs: &[(&str, &str)]) -> Result<MutableParams, String> {
+        MutableParams::parse(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn mutable_parameters_parse_to_the_form_zfs_get_prints() {
+        let m = mutable(&[
+            ("compression", "ZSTD"),
+            ("recordsize", "1M"),
+            ("atime", "off"),
+            ("dedup", "sha256,verify"),
+            ("sync", "always"),
+            ("logbias", "throughput"),
+            ("primarycache", "metadata"),
+            ("secondarycache", "none"),
+            ("redundant_metadata", "most"),
+            ("special_small_blocks", "64K"),
+        ])
+        .unwrap();
+        assert_eq!(m.properties.get("compression").map(String::as_str), Some("zstd"));
+        assert_eq!(m.properties.get("recordsize").map(String::as_str), Some("1048576"));
+        assert_eq!(m.properties.get("special_small_blocks").map(String::as_str), Some("65536"));
+        assert_eq!(m.properties.len(), MUTABLE_KEYS.len());
+        assert_eq!(mutable(&[("special_small_blocks", "0")]).unwrap().properties["special_small_blocks"], "0");
+        assert!(mutable(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn creation_only_and_unknown_mutable_parameters_are_refused_by_name() {
+        for key in ["volblocksize", "encryption", "keyformat", "keylocation", "fstype", "poolname", "thinprovision", "quotatype", "shared"] {
+            let e = mutable(&[(key, "x"), ("compression", "zstd")]).unwrap_err();
+            assert!(e.contains(key) && e.contains("cannot change on a live volume"), "{key}: {e}");
+        }
+        let e = mutable(&[("XXX_FakeKey", "XXX_FakeValue"), ("compresion", "lz4")]).unwrap_err();
+        assert!(e.contains("unknown mutable parameters XXX_FakeKey, compresion"), "{e}");
+        for (k, v) in [("compression", "gzip-12"), ("recordsize", "3k"), ("atime", "maybe"), ("sync", "sometimes"), ("special_small_blocks", "100"), ("keylocation", "file:///k"), ("thinprovision", "yes")] {
+            assert!(mutable(&[(k, v)]).is_err(), "{k}={v} accepted");
+        }
+    }
+
+    #[test]
+    fn mutable_parameters_round_trip_merge_and_skip_recordsize_on_zvols() {
+        let m = mutable(&[("compression", "zstd"), ("dedup", "sha256,verify"), ("recordsize", "64k")]).unwrap();
+        assert_eq!(m.canonical(), "compression=zstd;dedup=sha256,verify;recordsize=65536");
+        assert_eq!(MutableParams::from_canonical(&m.canonical()), m);
+        assert!(MutableParams::from_canonical("").is_empty());
+        let later = mutable(&[("compression", "lz4"), ("atime", "off")]).unwrap();
+        assert_eq!(m.merged(&later).canonical(), "atime=off;compression=lz4;dedup=sha256,verify;recordsize=65536");
+        assert!(!m.applicable(true).contains_key("recordsize"));
+        assert!(m.applicable(false).contains_key("recordsize"));
+    }
+    #[test]
+    fn a_secret_key_makes_a_prompt_encryption_root_and_conflicts_are_refused() {
+        let mut p = parse(&[("poolname", "vms")]).unwrap();
+        p.use_key_from_secret("correct horse battery").unwrap();
+        assert_eq!(
+            p.creation_only_properties(),
+            [("encryption", "on".to_string()), ("keyformat", "passphrase".into()), ("keylocation", "prompt".into())]
+        );
+        let mut hex = parse(&[("keyformat", "hex"), ("encryption", "aes-128-gcm")]).unwrap();
+        assert!(hex.use_key_from_secret("not hex at all").unwrap_err().contains("64 hexadecimal"));
+        hex.use_key_from_secret(&"ab".repeat(32)).unwrap();
+        assert_eq!(hex.encryption.as_deref(), Some("aes-128-gcm"));
+        assert!(parse(&[("keylocation", "file:///k")]).unwrap().use_key_from_secret("long enough").unwrap_err().contains("both"));
+        assert!(parse(&[("encryption", "off")]).unwrap().use_key_from_secret("long enough").is_err());
+        assert!(parse(&[("keyformat", "raw")]).unwrap().use_key_from_secret("long enough").unwrap_err().contains("raw"));
+        assert!(parse(&[]).unwrap().use_key_from_secret("short").unwrap_err().contains("8 to 512"));
     }
 }

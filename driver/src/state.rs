@@ -46,6 +46,13 @@ pub mod prop {
     pub const REPLICA_OWNER: &str = "zfs-csi.io:replica-owner";
     /// On a replica's snapshot: the volume whose snapshot it copies (the CSI source volume).
     pub const SOURCE_VOLUME: &str = "zfs-csi.io:source-volume";
+    /// The VolumeAttributesClass parameters in effect (`mutable_parameters` at creation, then
+    /// each ControllerModifyVolume's merged over them), canonical (`MutableParams::canonical`).
+    pub const MUTABLE_PARAMETERS: &str = "zfs-csi.io:mutable-parameters";
+    /// "secret" on a volume whose encryption root is keyed from a Secret (`keylocation=prompt`):
+    /// a volume created as its own root with the provisioner secret's key, or a clone or
+    /// restore of one made with that Secret. The fact only, never the key.
+    pub const KEY_SOURCE: &str = "zfs-csi.io:key-source";
     pub const PVC_NAME: &str = "zfs-csi.io:pvc-name";
     pub const PVC_NAMESPACE: &str = "zfs-csi.io:pvc-namespace";
     pub const PV_NAME: &str = "zfs-csi.io:pv-name";
@@ -77,6 +84,8 @@ pub const VOLUME_PROPERTIES: &[&str] = &[
     prop::FSTYPE,
     prop::SHARED,
     prop::DELETED,
+    prop::MUTABLE_PARAMETERS,
+    prop::KEY_SOURCE,
 ];
 
 /// What is read to describe a snapshot.
@@ -124,6 +133,10 @@ pub struct VolumeInfo {
     pub capacity: u64,
     pub content_source: Option<String>,
     pub parameters: Option<String>,
+    /// The VolumeAttributesClass parameters in effect, canonical.
+    pub mutable_parameters: Option<String>,
+    /// The key of this encryption root comes from a Secret.
+    pub key_from_secret: bool,
     pub fstype: Option<String>,
     pub shared: bool,
     pub deleted: bool,
@@ -154,6 +167,8 @@ impl VolumeInfo {
             capacity,
             content_source: owned(prop::CONTENT_SOURCE),
             parameters: owned(prop::PARAMETERS),
+            mutable_parameters: owned(prop::MUTABLE_PARAMETERS),
+            key_from_secret: own_property(dataset, prop::KEY_SOURCE) == Some("secret"),
             fstype: owned(prop::FSTYPE),
             shared: own_property(dataset, prop::SHARED) == Some("yes"),
             deleted: own_property(dataset, prop::DELETED) == Some("true"),
@@ -169,6 +184,13 @@ impl VolumeInfo {
             context.insert("fstype".to_string(), fstype.clone());
         }
         context.insert("shared".to_string(), if self.shared { "yes" } else { "no" }.to_string());
+        // What ControllerGetVolume and ListVolumes show of a VolumeAttributesClass applied.
+        if let Some(mutable) = self.mutable_parameters.as_ref().filter(|m| !m.is_empty()) {
+            context.insert("mutableParameters".to_string(), mutable.clone());
+        }
+        if self.key_from_secret {
+            context.insert("keySource".to_string(), "secret".to_string());
+        }
         context
     }
 }

@@ -65,6 +65,17 @@ STORAGECLASS_PARAMETERS = {
     "thinprovision", "quotatype", "shared", "encryption", "keyformat", "keylocation",
 }
 
+# The keys the external-provisioner consumes itself (secret references, PVC metadata):
+# it strips them before CreateVolume, so they are no driver parameters.
+PROVISIONER_PREFIX = "csi.storage.k8s.io/"
+
+# The VolumeAttributesClass parameters ControllerModifyVolume applies (driver/src/params.rs,
+# MUTABLE_KEYS); any other key makes the PVC's modification Infeasible.
+MUTABLE_PARAMETERS = {
+    "compression", "recordsize", "atime", "dedup", "sync", "logbias", "primarycache",
+    "secondarycache", "redundant_metadata", "special_small_blocks",
+}
+
 DRIVER_CONTAINER = "zfs-csi"
 
 
@@ -267,7 +278,7 @@ def cross_checks(docs, report, context=()):
             if drivers and doc.get("provisioner") not in drivers:
                 problems.append(f"provisioner {doc.get('provisioner')!r} is not a CSIDriver here {sorted(drivers)}")
             params = doc.get("parameters") or {}
-            unknown = sorted(set(params) - STORAGECLASS_PARAMETERS)
+            unknown = sorted(k for k in set(params) - STORAGECLASS_PARAMETERS if not k.startswith(PROVISIONER_PREFIX))
             if unknown:
                 problems.append(f"parameters the driver does not know: {unknown}")
             pool = str(params.get("poolname", "")).split("/")[0]
@@ -276,6 +287,13 @@ def cross_checks(docs, report, context=()):
             elif parents is not None and pool not in [p.split("/")[0] for p in parents]:
                 problems.append(f"poolname {params['poolname']!r} is outside the driver's parents {parents}")
             check(what, "driver name, parameters, pool within --parents", problems)
+        elif kind == "VolumeAttributesClass":
+            if drivers and doc.get("driverName") not in drivers:
+                problems.append(f"driverName {doc.get('driverName')!r} is not a CSIDriver here {sorted(drivers)}")
+            unknown = sorted(set(doc.get("parameters") or {}) - MUTABLE_PARAMETERS)
+            if unknown:
+                problems.append(f"parameters ControllerModifyVolume refuses: {unknown}")
+            check(what, "driver name, mutable parameters", problems)
         elif kind == "VolumeSnapshotClass":
             if drivers and doc.get("driver") not in drivers:
                 problems.append(f"driver {doc.get('driver')!r} is not a CSIDriver here {sorted(drivers)}")
@@ -322,6 +340,9 @@ def cross_checks(docs, report, context=()):
                 problems.append(f"dataSource {source.get('kind')} {source.get('name')!r} is not defined here")
             if spec.get("volumeName") and spec["volumeName"] not in named("PersistentVolume"):
                 problems.append(f"volumeName {spec['volumeName']!r} is not defined here")
+            vac = spec.get("volumeAttributesClassName")
+            if vac and vac not in named("VolumeAttributesClass"):
+                problems.append(f"volumeAttributesClassName {vac!r} is not defined here")
             check(what, "class, data source and volume exist", problems)
         elif kind == "VolumeSnapshot":
             cls = spec.get("volumeSnapshotClassName")

@@ -72,11 +72,31 @@ impl DriverProcess {
         Self::launch(None, dir, socket, extra_args).await
     }
 
+    /// Starts the driver at debug level with its log (standard error) going to `log`, for a
+    /// test that reads what the driver logged.
+    pub async fn start_logging_to(log: &Path, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("csi.sock");
+        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        Self::launch_with(None, dir, socket, extra_args, "debug", Some(file)).await
+    }
+
     async fn launch(container: Option<(PathBuf, u32)>, dir: tempfile::TempDir, socket: PathBuf, extra_args: &[&str]) -> Self {
+        Self::launch_with(container, dir, socket, extra_args, "info", None).await
+    }
+
+    async fn launch_with(
+        container: Option<(PathBuf, u32)>,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        extra_args: &[&str],
+        log_level: &str,
+        stderr: Option<std::fs::File>,
+    ) -> Self {
         let mut args = vec![
             format!("--endpoint=unix://{}", socket.display()),
             format!("--node-id={NODE_ID}"),
-            "--log-level=info".to_string(),
+            format!("--log-level={log_level}"),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         // Test volumes are staged and published in temporary directories: they stand for the
@@ -89,6 +109,9 @@ impl DriverProcess {
             }
             None => Command::new(driver_binary()),
         };
+        if let Some(file) = stderr {
+            command.stderr(file);
+        }
         let child = command
             .args(&args)
             .env("KUBELET_DIR", std::env::temp_dir())

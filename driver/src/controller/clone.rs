@@ -215,6 +215,7 @@ impl ControllerService {
         if let Some(raw) = origin.copy_raw {
             return self.create_copy(request, origin, props, raw).await;
         }
+        self.load_source_key(request, origin.snapshot.dataset()).await?;
         if let Err(e) = zfs.clone_snapshot(&origin.snapshot, &request.name, props).await {
             if took_snapshot {
                 self.discard_internal_snapshot(&origin.snapshot).await;
@@ -252,6 +253,38 @@ impl ControllerService {
             self.discard_half_made_clone(request, origin, false).await;
         }
         finished
+    }
+
+    /// ZFS clones an encrypted snapshot only while its encryption root's key is loaded (the
+    /// clone stays under that root). After a reboot it is not, until a volume of that root is
+    /// staged: a root keyed from a Secret gets its key from the request's provisioner secret
+    /// (the class of a clone or restore names its source's Secret), any other from its
+    /// `keylocation`.
+    pub(super) async fn load_source_key(&self, request: &VolumeRequest, source: &DatasetName) -> Result<(), Status> {
+        let zfs = &self.driver.zfs;
+        let dataset = zfs
+            .get_one(source, &["encryption", "encryptionroot", "keystatus", "keylocation"])
+            .await
+            .map_err(|e| zfs_status(&format!("reading the encryption of {source}"), e))?;
+        if matches!(dataset.get("encryption"), None | Some("off") | Some("-")) || dataset.get("keystatus") == Some("available") {
+            return Ok(());
+        }
+        let root = match dataset.get("encryptionroot").map(DatasetName::parse) {
+            Some(Ok(root)) => root,
+            _ => return Err(Status::internal(format!("{source} is encrypted but has no encryption root"))),
+        };
+        let prompt = self.key_location(&dataset).await? == "prompt";
+        if prompt && request.key.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "the key of {root}, the encryption root of the source {source}, is not loaded on node {}: give the \
+                 class the source's Secret as csi.storage.k8s.io/provisioner-secret-name and -namespace, or stage \
+                 a volume of that root first",
+                self.driver.node_id
+            )));
+        }
+        zfs.load_key(&root, if prompt { request.key.as_ref() } else { None })
+            .await
+            .map_err(|e| zfs_status(&format!("loading the key of {root} to clone {source}"), e))
     }
 
     /// Reads a new clone back and grows it to the requested size.

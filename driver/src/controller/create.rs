@@ -13,6 +13,10 @@ pub(super) struct VolumeRequest {
     pub(super) capacity: u64,
     pub(super) range: Option<csi::CapacityRange>,
     pub(super) params: VolumeParams,
+    /// The VolumeAttributesClass's parameters (`mutable_parameters`).
+    pub(super) mutable: MutableParams,
+    /// The key from the provisioner secret: the volume becomes its own encryption root.
+    pub(super) key: Option<KeyMaterial>,
     pub(super) source: Option<ContentSource>,
     /// The provisioner placed the volume on a node (accessibility requirements were sent, as
     /// with topology-aware provisioning under WaitForFirstConsumer).
@@ -28,6 +32,11 @@ impl VolumeRequest {
         }
     }
 
+    /// The VolumeAttributesClass parameters that apply to this volume's kind, as recorded.
+    pub(super) fn mutable_applied(&self) -> MutableParams {
+        MutableParams { properties: self.mutable.applicable(self.kind == VolumeKind::Zvol) }
+    }
+
     /// The volume as just made from this request: everything in it was given to the
     /// `zfs create -o` that succeeded (or set on adoption), so reading it back would only
     /// cost a command.
@@ -40,6 +49,8 @@ impl VolumeRequest {
             capacity: self.capacity,
             content_source: self.source.as_ref().map(ContentSource::to_property),
             parameters: Some(canonical_parameters(&self.params.storage_class)),
+            mutable_parameters: Some(self.mutable_applied().canonical()).filter(|m| !m.is_empty()),
+            key_from_secret: self.key.is_some(),
             fstype: Some(self.fstype_property().to_string()),
             shared: self.params.shared,
             deleted: false,
@@ -215,7 +226,19 @@ impl ControllerService {
         }
         let access: Vec<AccessType> =
             req.volume_capabilities.iter().map(capability::parse).collect::<Result<_, _>>()?;
-        let params = VolumeParams::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        let mut params = VolumeParams::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        let mutable = MutableParams::parse(&req.mutable_parameters)
+            .map_err(|e| Status::invalid_argument(format!("mutable_parameters (VolumeAttributesClass): {e}")))?;
+        // The key never goes into a message: only whether and why it was refused.
+        let key = match req.secrets.get(SECRET_KEY) {
+            Some(key) => {
+                params
+                    .use_key_from_secret(key)
+                    .map_err(|e| Status::invalid_argument(format!("provisioner secret: {e}")))?;
+                Some(KeyMaterial::new(key.as_bytes()))
+            }
+            None => None,
+        };
         let parent = self.resolve_parent(&params)?;
         if let Some(requirement) = &req.accessibility_requirements {
             if !requirement.requisite.is_empty()
@@ -293,6 +316,8 @@ impl ControllerService {
             capacity: 0,
             range: req.capacity_range,
             params,
+            mutable,
+            key,
             source,
             placed,
         };
@@ -320,6 +345,13 @@ impl ControllerService {
         if request.params.shared {
             push(prop::SHARED, "yes".to_string());
         }
+        let mutable = request.mutable_applied();
+        if !mutable.is_empty() {
+            push(prop::MUTABLE_PARAMETERS, mutable.canonical());
+        }
+        if request.key.is_some() {
+            push(prop::KEY_SOURCE, "secret".to_string());
+        }
         let metadata = &request.params.metadata;
         for (key, value) in [
             (prop::PVC_NAME, &metadata.pvc_name),
@@ -330,9 +362,11 @@ impl ControllerService {
                 push(key, v.clone());
             }
         }
-        let wanted: Vec<(&str, String)> = request
-            .params
-            .zfs_properties()
+        // The VolumeAttributesClass's values over the StorageClass's: the class a PVC names
+        // for its attributes is the more specific choice.
+        let mut wanted: BTreeMap<&str, String> = request.params.zfs_properties().into_iter().collect();
+        wanted.extend(mutable.properties);
+        let wanted: Vec<(&str, String)> = wanted
             .into_iter()
             .filter(|(k, _)| !(request.kind == VolumeKind::Zvol && *k == "recordsize"))
             .collect();
@@ -404,6 +438,12 @@ impl ControllerService {
         }
         if existing.parameters.as_deref() != Some(canonical_parameters(&request.params.storage_class).as_str()) {
             return Err(conflict("different StorageClass parameters"));
+        }
+        if existing.mutable_parameters.as_deref().unwrap_or_default() != request.mutable_applied().canonical() {
+            return Err(conflict("different VolumeAttributesClass parameters (mutable_parameters, or modified since)"));
+        }
+        if existing.key_from_secret != request.key.is_some() {
+            return Err(conflict("another source of its encryption key (provisioner secret or not)"));
         }
         if existing.content_source != request.source.as_ref().map(ContentSource::to_property) {
             return Err(conflict("a different content source"));
@@ -564,6 +604,8 @@ mod tests {
             capacity: 64 << 20,
             range: None,
             params: VolumeParams::parse(&parameters).unwrap(),
+            mutable: MutableParams::default(),
+            key: None,
             source: None,
             placed: false,
         }

@@ -8,7 +8,7 @@
 //! operation lock, check idempotency, act, answer. All state is in ZFS user properties
 //! (`state.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -17,19 +17,20 @@ use crate::capability::{self, AccessType};
 use crate::csi::{self, controller_server::Controller, controller_service_capability, volume_content_source};
 use crate::driver::Driver;
 use crate::errors::{missing, zfs_status};
-use crate::params::{same_setting, FsType, QuotaType, VolumeParams};
+use crate::params::{same_setting, FsType, MutableParams, QuotaType, VolumeParams, SECRET_KEY};
 use crate::state::{canonical_parameters, prop, SnapshotInfo, VolumeInfo, VolumeKind, SNAPSHOT_PROPERTIES, VOLUME_PROPERTIES};
 use crate::locks::LockKey;
 use crate::reaper::{Deleted, Reaper};
 use crate::replication::{replica_dataset, Replicator};
 use crate::zfs::{
-    validate_component, Dataset, DatasetName, DatasetType, Depth, Destroy, OwnedDelete, Properties, PropertySource,
-    SnapshotName, ZfsError,
+    validate_component, Dataset, DatasetName, DatasetType, Depth, Destroy, KeyMaterial, OwnedDelete, Properties,
+    PropertySource, SnapshotName, ZfsError,
 };
 
 mod clone;
 mod create;
 mod list;
+mod modify;
 mod snapshot;
 
 use clone::*;
@@ -80,12 +81,12 @@ impl Controller for ControllerService {
         let created = match (&origin, request.kind) {
             (Some(origin), _) => self.create_clone(&request, origin, &props).await,
             (None, VolumeKind::Filesystem) => zfs
-                .create_filesystem(&request.name, &props)
+                .create_filesystem(&request.name, &props, request.key.as_ref())
                 .await
                 .map(|()| request.created_volume(None))
                 .map_err(|e| zfs_status(&what, e)),
             (None, VolumeKind::Zvol) => zfs
-                .create_volume(&request.name, request.capacity, request.params.thin, &props)
+                .create_volume(&request.name, request.capacity, request.params.thin, &props, request.key.as_ref())
                 .await
                 .map(|()| request.created_volume(None))
                 .map_err(|e| zfs_status(&what, e)),
@@ -278,6 +279,7 @@ impl Controller for ControllerService {
             // rejects the capability as unknown.
             Type::VolumeCondition,
             Type::SingleNodeMultiWriter,
+            Type::ModifyVolume,
         ]
         .into_iter()
         .map(|t| csi::ControllerServiceCapability {
@@ -531,9 +533,11 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _request: Request<csi::ControllerModifyVolumeRequest>,
+        request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(Status::unimplemented("ControllerModifyVolume is not supported"))
+        let req = request.into_inner();
+        self.modify_volume(&req.volume_id, &req.mutable_parameters).await?;
+        Ok(Response::new(csi::ControllerModifyVolumeResponse {}))
     }
 }
 

@@ -2,8 +2,6 @@
 //! replicated snapshots (`replication.rs` moves the data).
 
 use super::*;
-use std::collections::BTreeMap;
-
 use crate::replication::replica_source;
 
 /// The VolumeSnapshotClass parameter that makes snapshots replicated.

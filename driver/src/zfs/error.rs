@@ -17,6 +17,9 @@ pub enum ZfsError {
     NoSpace(String),
     #[error("{0}: invalid argument")]
     Invalid(String),
+    /// `zfs load-key` with a key that does not open the encryption root.
+    #[error("{0}: wrong key")]
+    WrongKey(String),
     /// A size ZFS cannot give the dataset (a quota below what it already holds).
     #[error("{0}: size out of range")]
     OutOfRange(String),
@@ -37,6 +40,8 @@ pub enum ZfsError {
 /// `Invalid` and `OutOfRange` are final: the same request fails the same way however often it
 /// is retried, so they must not end up as INTERNAL, which a CO retries forever.
 const PATTERNS: &[(&str, Kind)] = &[
+    // zfs_crypto_load_key: "Incorrect key provided for '<dataset>'."
+    ("incorrect key provided", Kind::WrongKey),
     ("dataset does not exist", Kind::NotFound),
     ("no such pool", Kind::NotFound),
     ("no such dataset", Kind::NotFound),
@@ -82,6 +87,7 @@ enum Kind {
     NoSpace,
     Invalid,
     OutOfRange,
+    WrongKey,
 }
 
 impl ZfsError {
@@ -104,6 +110,7 @@ impl ZfsError {
             Some(Kind::NoSpace) => ZfsError::NoSpace(detail),
             Some(Kind::Invalid) => ZfsError::Invalid(detail),
             Some(Kind::OutOfRange) => ZfsError::OutOfRange(detail),
+            Some(Kind::WrongKey) => ZfsError::WrongKey(detail),
             None => ZfsError::Failed { command, stderr },
         }
     }
@@ -124,6 +131,11 @@ mod tests {
     #[test]
     fn missing_dataset_is_not_found() {
         assert!(classify("cannot open 'vms/nope': dataset does not exist").is_not_found());
+    }
+
+    #[test]
+    fn a_wrong_key_is_told_apart() {
+        assert!(matches!(classify("Key load error: Incorrect key provided for 'vms/pvc-1'."), ZfsError::WrongKey(_)));
     }
 
     #[test]

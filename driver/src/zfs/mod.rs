@@ -15,6 +15,28 @@ use crate::process::{Finished, ProcessError, ProcessRunner};
 /// Properties given to `zfs create/snapshot/clone -o` or `zfs set`, in order.
 pub type Properties = Vec<(String, String)>;
 
+/// The wrapping key (or passphrase) of an encryption root, as a Secret gave it. It only ever
+/// reaches `zfs` on standard input (`keylocation=prompt`): never an argument, which `ps` shows
+/// to every user of the host, never a property, never a log line (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyMaterial(Vec<u8>);
+
+impl KeyMaterial {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMaterial(<redacted>)")
+    }
+}
+
 pub type Result<T> = std::result::Result<T, ZfsError>;
 
 /// Something `zfs get`/`zfs set` can address: a dataset or a snapshot.
@@ -249,11 +271,12 @@ impl Zfs {
     /// one sync task and sets the properties in a second (`zfs_ioc_create`: "It would be nice
     /// to do this atomically"). A property ZFS refuses makes the ioctl destroy the new dataset
     /// again; a power loss between the two sync tasks leaves it without any of `properties`.
-    pub async fn create_filesystem(&self, name: &DatasetName, properties: &Properties) -> Result<()> {
+    /// `key`: the key of a new encryption root with `keylocation=prompt`, on standard input.
+    pub async fn create_filesystem(&self, name: &DatasetName, properties: &Properties, key: Option<&KeyMaterial>) -> Result<()> {
         let mut args = strings(["create"]);
         args.extend(option_args(properties));
         args.push(name.zfs_name());
-        self.zfs(args).await.map(drop)
+        self.run_with_input("zfs", &args, key.map(KeyMaterial::bytes)).await.map(drop)
     }
 
     /// `zfs create -p -o … NAME`: a filesystem and any missing parents (which get defaults).
@@ -273,6 +296,7 @@ impl Zfs {
         size_bytes: u64,
         sparse: bool,
         properties: &Properties,
+        key: Option<&KeyMaterial>,
     ) -> Result<()> {
         let mut args = strings(["create"]);
         if sparse {
@@ -281,7 +305,33 @@ impl Zfs {
         args.extend(["-V".to_string(), size_bytes.to_string()]);
         args.extend(option_args(properties));
         args.push(name.zfs_name());
-        self.zfs(args).await.map(drop)
+        self.run_with_input("zfs", &args, key.map(KeyMaterial::bytes)).await.map(drop)
+    }
+
+    /// `zfs load-key`: the key of the encryption root `root` from standard input (`key`, for
+    /// `keylocation=prompt`) or from its `keylocation` (`None`). A key already loaded, by a
+    /// concurrent call or the operator, is success. A wrong key is `WrongKey`, and ZFS has then
+    /// changed nothing.
+    pub async fn load_key(&self, root: &DatasetName, key: Option<&KeyMaterial>) -> Result<()> {
+        let args = vec!["load-key".to_string(), root.zfs_name()];
+        let finished = self.run_to_end("zfs", &args, key.map(KeyMaterial::bytes)).await?;
+        if finished.success() || finished.stderr.to_ascii_lowercase().contains("key already loaded") {
+            return Ok(());
+        }
+        Err(ZfsError::from_stderr(finished.command, finished.stderr))
+    }
+
+    /// `zfs inherit property target`: the property goes back to what the parent gives.
+    pub async fn inherit(&self, target: &dyn ZfsTarget, property: &str) -> Result<()> {
+        self.zfs(vec!["inherit".to_string(), property.to_string(), target.zfs_name()]).await.map(drop)
+    }
+
+    /// Whether `pool` has a special allocation class vdev, from the configuration `zpool status
+    /// -P` prints: the class heads its vdevs on a line of its own, and `-P` makes every device
+    /// a full path, so no device is printed as a bare `special`.
+    pub async fn has_special_vdev(&self, pool: &str) -> Result<bool> {
+        let output = self.run("zpool", &strings(["status", "-P", pool])).await?;
+        Ok(output.lines().any(|line| line.split_whitespace().next() == Some("special")))
     }
 
     /// `zfs snapshot -o …`: atomic. The snapshot and its (user) properties are made in one
