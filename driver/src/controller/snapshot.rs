@@ -40,6 +40,12 @@ impl ControllerService {
                 info.name
             )));
         }
+        if let Some(to) = &info.replicate_to {
+            return Err(Status::already_exists(format!(
+                "snapshot {} exists, replicated to {to}: the request names no {REPLICATE_TO_PARAMETER}",
+                info.name
+            )));
+        }
         Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(info, true)) }))
     }
 
