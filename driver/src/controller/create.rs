@@ -489,6 +489,15 @@ impl ControllerService {
             .iter()
             .find(|d| d.name == request.name.as_str())
             .ok_or_else(|| Status::aborted(format!("volume {} vanished while being created; retry", request.name)))?;
+        // Our marker now, though not a moment ago: an earlier attempt's `zfs create`, which
+        // outlived its killed driver, has just set its properties (its second sync task). The
+        // retry compares it as the volume it is.
+        if dataset.property(prop::MANAGED_BY).is_some_and(|p| p.source == PropertySource::Local && p.value == self.driver.name) {
+            return Err(Status::aborted(format!(
+                "volume {} was still being created by an earlier attempt; retry",
+                request.name
+            )));
+        }
         let refusal = if found.len() > 1 {
             Some("it has snapshots or child datasets".to_string())
         } else {
