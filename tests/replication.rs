@@ -51,7 +51,7 @@ fn receiving_into(target: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        args.iter().any(|a| *a == b"receive") && args.iter().any(|a| *a == target.as_bytes())
+        args.contains(&b"receive".as_slice()) && args.contains(&target.as_bytes())
     })
 }
 
