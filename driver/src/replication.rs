@@ -200,7 +200,8 @@ impl Replicator {
             Err(ZfsError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(fail("", zfs_status(&format!("listing the snapshots of {volume}"), e))),
         };
-        let zfs = &self.driver.zfs;
+        // Each replica's snapshots, read once per pass rather than once per snapshot.
+        let mut held: HashMap<String, HashMap<String, SnapshotInfo>> = HashMap::new();
         for local in pending {
             let snapshot = SnapshotName::parse(&local.name).map_err(|e| fail(&local.name, Status::internal(e.to_string())))?;
             let short = snapshot.short_name().to_string();
@@ -208,11 +209,20 @@ impl Replicator {
                 .map_err(|e| fail(&short, Status::internal(format!("replicate-to of {snapshot}: {e}"))))?;
             let replica = replica_dataset(&replicate_to, volume).map_err(|s| fail(&short, s))?;
             let target = replica.snapshot(&short).map_err(|e| fail(&short, Status::internal(e.to_string())))?;
-            let existing = zfs
-                .find(&target, SNAPSHOT_PROPERTIES)
-                .await
-                .map_err(|e| fail(&short, zfs_status(&format!("reading {target}"), e)))?
-                .map(|d| SnapshotInfo::from_dataset(&d, &self.driver.name));
+            if !held.contains_key(replica.as_str()) {
+                let found = match self.driver.zfs.get(&replica, SNAPSHOT_PROPERTIES, Depth::Levels(1), &[DatasetType::Snapshot]).await {
+                    Ok(found) => found,
+                    Err(ZfsError::NotFound(_)) => Vec::new(),
+                    Err(e) => return Err(fail(&short, zfs_status(&format!("listing the snapshots of {replica}"), e))),
+                };
+                let infos = found
+                    .iter()
+                    .filter(|d| d.dataset_type() == Some(DatasetType::Snapshot))
+                    .map(|d| (d.name.clone(), SnapshotInfo::from_dataset(d, &self.driver.name)))
+                    .collect();
+                held.insert(replica.to_string(), infos);
+            }
+            let existing = held.get(replica.as_str()).and_then(|infos| infos.get(&target.to_string())).cloned();
             match existing {
                 Some(info) if info.managed => continue,
                 Some(_) => {
