@@ -157,14 +157,7 @@ async fn unpublish_and_unstage_pv(d: &DriverProcess, pv: &Value, staging: &Path,
 async fn import_of_an_ext4_zvol_prints_a_filesystem_pv_the_driver_serves() {
     let d = DriverProcess::start(PARENTS).await;
     let scratch = Scratch::new();
-    let (raw, device) = create_foreign_zvol(&scratch, "Import_Ext4", "128M");
-    run("mkfs.ext4", &["-q", &device.display().to_string()]).expect("mkfs.ext4");
-    let data = pattern(&raw.id);
-    let prep = scratch.path("prep");
-    std::fs::create_dir(&prep).unwrap();
-    nix::mount::mount(Some(&device), &prep, Some("ext4"), nix::mount::MsFlags::empty(), None::<&str>).expect("mount");
-    write_data(Kind::Ext4, &prep, &data);
-    umount_retrying(&prep);
+    let (raw, _device, data) = create_foreign_ext4_zvol(&scratch, "Import_Ext4");
 
     let before = all_properties(&raw.id);
     // As `kubectl exec` into the node pod runs it: everything from the pod's environment.

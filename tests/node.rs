@@ -246,15 +246,8 @@ async fn block_clones_from_snapshot_and_volume_carry_the_data() {
 async fn an_imported_ext4_zvol_is_served_grown_and_never_destroyed() {
     let d = driver().await;
     let scratch = Scratch::new();
-    let (raw, device) = create_foreign_zvol(&scratch, "imported-ext4", "128M");
-    run("mkfs.ext4", &["-q", &device.display().to_string()]).expect("mkfs.ext4");
+    let (raw, device, data) = create_foreign_ext4_zvol(&scratch, "imported-ext4");
     let uuid = blkid_value(&device, "UUID").expect("the new ext4 has a UUID");
-    let data = pattern(&raw.id);
-    let prep = scratch.path("prep");
-    std::fs::create_dir(&prep).unwrap();
-    nix::mount::mount(Some(&device), &prep, Some("ext4"), nix::mount::MsFlags::empty(), None::<&str>).expect("mount");
-    write_data(Kind::Ext4, &prep, &data);
-    umount_retrying(&prep);
 
     // As its filesystem, as a static PV with fsType ext4 and no volume attributes asks.
     let vol = raw.with_kind(Kind::Ext4);

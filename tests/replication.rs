@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use tonic::Code;
+use zfs_csi_tests::node_support::noise;
 use zfs_csi_tests::*;
 
 /// A file-backed pool of `size`, destroyed when dropped: pools a test may fill or destroy.
@@ -79,19 +80,6 @@ async fn replicated_snapshot(d: &DriverProcess, source: &str, name: &str, replic
     }
 }
 
-/// `len` pseudo-random bytes (incompressible), different for each `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 fn write_at(device: &std::path::Path, offset: u64, data: &[u8]) {
     let mut f = std::fs::OpenOptions::new().write(true).open(device).unwrap();
     f.seek(SeekFrom::Start(offset)).unwrap();
@@ -138,17 +126,17 @@ async fn three_replicated_snapshots_are_incremental_and_restore_after_the_source
     let device = wait_for_zvol_link(&v.volume_id);
     let replica = format!("{backups}/{}", v.volume_id.replace('/', ":"));
 
-    write_at(&device, 0, &noise(8 << 20, 1));
+    write_at(&device, 0, &noise(8 << 20, "1"));
     let at_s1 = read_all(&device, SIZE as usize);
     let s1 = replicated_snapshot(&d, &v.volume_id, &unique("s1"), &backups).await;
     assert!(s1.snapshot_id.starts_with(&format!("{replica}@")), "the ID names the replica's copy: {}", s1.snapshot_id);
     let full = replicated_bytes(&metrics, &replica);
     assert!(full >= 8 << 20, "the first transfer is full: {full} bytes");
 
-    write_at(&device, 16 << 20, &noise(1 << 20, 2));
+    write_at(&device, 16 << 20, &noise(1 << 20, "2"));
     let s2 = replicated_snapshot(&d, &v.volume_id, &unique("s2"), &backups).await;
     let second = replicated_bytes(&metrics, &replica) - full;
-    write_at(&device, 32 << 20, &noise(1 << 20, 3));
+    write_at(&device, 32 << 20, &noise(1 << 20, "3"));
     let at_s3 = read_all(&device, SIZE as usize);
     let s3 = replicated_snapshot(&d, &v.volume_id, &unique("s3"), &backups).await;
     let third = replicated_bytes(&metrics, &replica) - full - second;
@@ -194,7 +182,7 @@ async fn a_snapshot_replicated_off_a_destroyed_pool_restores_into_another_pool()
     let d = DriverProcess::start(&format!("{},tank,vms", source.name)).await;
     let v = block_volume(&d, &source.name, SIZE).await;
     let device = wait_for_zvol_link(&v.volume_id);
-    write_at(&device, 0, &noise(SIZE as usize, 7));
+    write_at(&device, 0, &noise(SIZE as usize, "7"));
     let data = read_all(&device, SIZE as usize);
     drop(device);
     let s = replicated_snapshot(&d, &v.volume_id, &unique("s"), &backups).await;
@@ -221,7 +209,7 @@ async fn a_driver_killed_mid_transfer_resumes_from_the_receive_token() {
     let mut d = DriverProcess::start("vms,tank").await;
     let v = block_volume(&d, "vms", SIZE).await;
     let device = wait_for_zvol_link(&v.volume_id);
-    write_at(&device, 0, &noise(SIZE as usize, 11));
+    write_at(&device, 0, &noise(SIZE as usize, "11"));
     let data = read_all(&device, SIZE as usize);
     drop(device);
     let replica = format!("{backups}/{}", v.volume_id.replace('/', ":"));
@@ -280,7 +268,7 @@ async fn a_full_replica_pool_fails_the_snapshot_cleanly_and_keeps_the_local_one(
     let d = DriverProcess::start(&format!("vms,{}", small.name)).await;
     let v = block_volume(&d, "vms", SIZE).await;
     let device = wait_for_zvol_link(&v.volume_id);
-    write_at(&device, 0, &noise(SIZE as usize, 5));
+    write_at(&device, 0, &noise(SIZE as usize, "5"));
     drop(device);
     let name = unique("s");
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -165,6 +165,20 @@ pub fn create_foreign_zvol(scratch: &Scratch, prefix: &str, size: &str) -> (Vol,
     (Vol { id, kind: Kind::Block, capacity, context: HashMap::new() }, device)
 }
 
+/// A zvol made by hand (not by the driver) holding ext4 with `pattern(id)` written into it, as
+/// an operator's existing disk is: its volume, device and the data.
+pub fn create_foreign_ext4_zvol(scratch: &Scratch, prefix: &str) -> (Vol, PathBuf, Vec<u8>) {
+    let (raw, device) = create_foreign_zvol(scratch, prefix, "128M");
+    run("mkfs.ext4", &["-q", &device.display().to_string()]).expect("mkfs.ext4");
+    let data = pattern(&raw.id);
+    let prep = scratch.path("prep");
+    std::fs::create_dir(&prep).unwrap();
+    nix::mount::mount(Some(&device), &prep, Some("ext4"), nix::mount::MsFlags::empty(), None::<&str>).expect("mount");
+    write_data(Kind::Ext4, &prep, &data);
+    umount_retrying(&prep);
+    (raw, device, data)
+}
+
 // ---- request builders -------------------------------------------------------------------
 
 pub fn stage_request(vol: &Vol, staging: &Path) -> csi::NodeStageVolumeRequest {
@@ -276,8 +290,13 @@ pub async fn unpublish_and_unstage(d: &DriverProcess, vol: &Vol, staging: &Path,
 
 /// Incompressible bytes (lz4 would shrink a repeating pattern to nothing), fixed by `seed`.
 pub fn pattern(seed: &str) -> Vec<u8> {
+    noise(DATA_LEN, seed)
+}
+
+/// `len` incompressible bytes fixed by `seed` (a xorshift stream seeded by its FNV hash).
+pub fn noise(len: usize, seed: &str) -> Vec<u8> {
     let mut state = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    (0..DATA_LEN)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
