@@ -329,11 +329,16 @@ impl Exporter {
         text
     }
 
-    async fn render_pools(&self, out: &mut String) {
+    /// The pools of the parents, each once.
+    fn parent_pools(&self) -> Vec<&str> {
         let mut pools: Vec<&str> = self.driver.parents.iter().map(|p| p.pool()).collect();
         pools.sort();
         pools.dedup();
-        let stats = match self.driver.zfs.pools(&pools).await {
+        pools
+    }
+
+    async fn render_pools(&self, out: &mut String) {
+        let stats = match self.driver.zfs.pools(&self.parent_pools()).await {
             Ok(stats) => stats,
             Err(e) => {
                 tracing::warn!("metrics: reading the pools: {e}");
@@ -446,10 +451,7 @@ impl Exporter {
         }
         let _ = writeln!(out, "# HELP zfs_csi_volumes_pending_deletion Volumes deleted through CSI and kept, hidden, until their snapshots and clones are gone.");
         let _ = writeln!(out, "# TYPE zfs_csi_volumes_pending_deletion gauge");
-        let mut pools: Vec<&str> = self.driver.parents.iter().map(|p| p.pool()).collect();
-        pools.sort();
-        pools.dedup();
-        for pool in pools {
+        for pool in self.parent_pools() {
             let _ = writeln!(out, "zfs_csi_volumes_pending_deletion{{pool=\"{}\"}} {}", escape(pool), pending.get(pool).copied().unwrap_or(0));
         }
     }
