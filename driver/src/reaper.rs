@@ -11,8 +11,13 @@
 //!   its volume already gone (the retry after a crash).
 //!
 //! The reaper takes the same per-volume locks as the RPCs (skipping what is busy: the next
-//! pass takes it) and only ever destroys what carries our marker set locally.
+//! pass takes it) and only ever destroys what carries our marker set locally. Those locks live
+//! in this process; another process with our driver name on the same pools (a driver pod being
+//! replaced, the test suite's drivers) may be between an internal snapshot and its clone, so an
+//! unused internal snapshot younger than `INTERNAL_SNAPSHOT_GRACE` is only reaped once its
+//! clone is known to be gone (destroyed here, or DeleteVolume found it gone).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +40,9 @@ const EBUSY: i32 = 16;
 const SNAPSHOT_BATCH: usize = 200;
 /// How long the reaper waits for an RPC that holds a volume's lock.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+/// How old an unused internal clone snapshot must be before a pass reaps it on its own: far
+/// longer than the step from `zfs snapshot` to `zfs clone` in any CreateVolume.
+const INTERNAL_SNAPSHOT_GRACE: Duration = Duration::from_secs(300);
 
 /// What deleting a volume did.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,11 +61,14 @@ pub struct Reaper {
     driver: Arc<Driver>,
     /// A background pass is running.
     passing: Arc<std::sync::atomic::AtomicBool>,
+    /// Volumes whose DeleteVolume found them gone: their internal clone snapshots are garbage
+    /// at any age.
+    gone: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl Reaper {
     pub fn new(driver: Arc<Driver>) -> Self {
-        Self { driver, passing: Arc::default() }
+        Self { driver, passing: Arc::default(), gone: Arc::default() }
     }
 
     /// Deletes the volume `name` for DeleteVolume; the caller holds its lock. A volume in use
@@ -146,21 +157,33 @@ impl Reaper {
         let mut reaped = false;
         for snapshot in snapshots.iter().map(|d| SnapshotInfo::from_dataset(d, &self.driver.name)) {
             if let Ok(snap) = SnapshotName::parse(&snapshot.name) {
-                reaped |= self.reap_internal_snapshot(&snap, &snapshot, None).await;
+                reaped |= self.reap_internal_snapshot(&snap, &snapshot, None, &HashSet::new()).await;
             }
         }
         Ok(reaped)
     }
 
-    /// `holding`: the volume whose lock the caller holds (a clone being deleted).
-    async fn reap_internal_snapshot(&self, name: &SnapshotName, info: &SnapshotInfo, holding: Option<&DatasetName>) -> bool {
+    /// `holding`: the volume whose lock the caller holds (a clone being deleted); `gone`:
+    /// volumes known to be gone for good.
+    async fn reap_internal_snapshot(
+        &self,
+        name: &SnapshotName,
+        info: &SnapshotInfo,
+        holding: Option<&DatasetName>,
+        gone: &HashSet<String>,
+    ) -> bool {
         if !(info.managed && info.internal && info.clones.is_empty()) {
+            return false;
+        }
+        let clone = info.clone_for.clone().unwrap_or_default();
+        let held = holding.is_some_and(|h| h.as_str() == clone);
+        if !held && !gone.contains(&clone) && !older_than(info.creation, INTERNAL_SNAPSHOT_GRACE) {
+            tracing::debug!(snapshot = %name, "unused internal snapshot too young to reap: a CreateVolume elsewhere may be cloning it");
             return false;
         }
         // The CreateVolume it was taken for may be between the snapshot and the clone right
         // now: it holds the clone's lock, and then the snapshot is not garbage yet.
-        let clone = info.clone_for.clone().unwrap_or_default();
-        let _clone_lock = if holding.is_some_and(|h| h.as_str() == clone) {
+        let _clone_lock = if held {
             None
         } else {
             match self.driver.lock_within(LockKey::Volume(clone), Duration::ZERO).await {
@@ -192,7 +215,8 @@ impl Reaper {
         }
         match self.driver.zfs.find(&origin, SNAPSHOT_PROPERTIES).await {
             Ok(Some(d)) => {
-                self.reap_internal_snapshot(&origin, &SnapshotInfo::from_dataset(&d, &self.driver.name), Some(clone)).await;
+                self.reap_internal_snapshot(&origin, &SnapshotInfo::from_dataset(&d, &self.driver.name), Some(clone), &HashSet::new())
+                    .await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(snapshot = %origin, "cannot read the origin of a destroyed clone: {e}"),
@@ -237,8 +261,10 @@ impl Reaper {
     /// without snapshots), their snapshots never. Returns how many datasets and snapshots it
     /// destroyed.
     pub async fn pass(&self) -> usize {
+        let gone = std::mem::take(&mut *self.gone.lock().unwrap_or_else(|e| e.into_inner()));
         let mut reaped = 0;
-        let mut living = std::collections::HashSet::new();
+        let mut living = HashSet::new();
+        let mut listed = Vec::new();
         let mut replicas = Vec::new();
         for parent in &self.driver.parents {
             let volumes = match self
@@ -277,7 +303,7 @@ impl Reaper {
                 for snapshot in &snapshots {
                     let info = SnapshotInfo::from_dataset(snapshot, &self.driver.name);
                     if let Ok(name) = SnapshotName::parse(&info.name) {
-                        if self.reap_internal_snapshot(&name, &info, None).await {
+                        if self.reap_internal_snapshot(&name, &info, None, &gone).await {
                             reaped += 1;
                         }
                     }
@@ -288,6 +314,7 @@ impl Reaper {
                     reaped += 1;
                 }
             }
+            listed.push(parent.as_str());
             living.extend(ours.iter().filter(|v| !v.deleted).map(|v| v.name.to_string()));
             replicas.extend(volumes.iter().filter_map(|d| {
                 let local = |p: &str| d.property(p).filter(|v| v.source == crate::zfs::PropertySource::Local).map(|v| v.value.clone());
@@ -297,21 +324,30 @@ impl Reaper {
             }));
         }
         // Replicas whose volume is gone or deleted: what only kept the base of the next
-        // incremental send (hidden snapshots) goes, and the replica with it when empty.
-        for (replica, source) in replicas.iter().filter(|(_, source)| !living.contains(source)) {
+        // incremental send (hidden snapshots) goes, and the replica with it when empty. A
+        // volume below a parent that could not be listed (its pool missing or faulted) is not
+        // known to be gone: its replica may be all that is left of it.
+        let known_gone = |source: &String| {
+            !living.contains(source) && listed.iter().any(|p| source.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+        };
+        for (replica, source) in replicas.iter().filter(|(_, source)| known_gone(source)) {
             if let Err(status) = crate::replication::destroy_replica_if_unused(&self.driver, replica, false).await {
                 tracing::info!(replica = %replica, source = %source, "reaper: {}", status.message());
             }
         }
         if reaped > 0 {
             tracing::info!(reaped, "reaper pass destroyed what was left behind");
+        } else {
+            tracing::debug!("reaper pass found nothing to destroy");
         }
         reaped
     }
 
     /// Starts a pass in the background unless one is running: a DeleteVolume that finds its
-    /// volume gone answers at once, whatever the pass costs.
-    pub fn pass_soon(&self) {
+    /// volume `gone` answers at once, whatever the pass costs. An internal snapshot taken for
+    /// `gone` is reaped by the next pass at any age.
+    pub fn pass_soon(&self, gone: &DatasetName) {
+        self.gone.lock().unwrap_or_else(|e| e.into_inner()).insert(gone.to_string());
         if self.passing.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
@@ -333,9 +369,30 @@ impl Reaper {
     }
 }
 
+/// `creation` (seconds since the epoch) lies more than `age` in the past.
+fn older_than(creation: i64, age: Duration) -> bool {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(i64::MAX);
+    now.saturating_sub(creation) > age.as_secs() as i64
+}
+
 fn in_use(name: &DatasetName, users: &[String]) -> Status {
     Status::failed_precondition(format!(
         "volume {name} is in use ({}): nothing was changed; unpublish and unstage it first",
         users.join("; ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_snapshots_past_the_grace_are_old() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!(!older_than(now, INTERNAL_SNAPSHOT_GRACE));
+        assert!(!older_than(now - 299, INTERNAL_SNAPSHOT_GRACE));
+        assert!(older_than(now - 301, INTERNAL_SNAPSHOT_GRACE));
+        // A clock that went back (or a creation in the future) never makes a snapshot old.
+        assert!(!older_than(now + 3600, INTERNAL_SNAPSHOT_GRACE));
+    }
 }

@@ -205,6 +205,21 @@ impl Drop for DriverProcess {
 }
 
 /// A tonic channel over a unix socket.
+/// Waits up to `timeout` for `needle` to appear in the driver log `log` (see
+/// `DriverProcess::start_logging_to`); whether it did.
+pub async fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn connect(socket: &Path) -> Channel {
     try_connect(socket).await.expect("connect to the driver socket")
 }

@@ -128,7 +128,7 @@ impl Controller for ControllerService {
                 // A retry after a crash or a cancelled call: what the first attempt left
                 // half-done (the origin of a destroyed clone) is found by a reaper pass.
                 tracing::info!(volume = %name, "already gone");
-                self.reaper.pass_soon();
+                self.reaper.pass_soon(&name);
             }
             Deleted::Destroyed | Deleted::Deferred | Deleted::NotOurs => {}
         }
