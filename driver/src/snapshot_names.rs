@@ -22,6 +22,22 @@ use crate::zfs::{DatasetName, DatasetType, Depth, PropertySource, Zfs, ZfsError}
 pub struct SnapshotNames {
     /// CSI name → full snapshot names (a replicated snapshot has its local one and its copy).
     names: OnceCell<Mutex<HashMap<String, BTreeSet<String>>>>,
+    /// Parents that did not exist at start-up (a pool imported late): read when they appear.
+    missing: Mutex<Vec<DatasetName>>,
+}
+
+type Names = HashMap<String, BTreeSet<String>>;
+
+/// Adds the CSI names of the snapshots below `parent` to `names`; NotFound when it does not
+/// exist.
+async fn read_parent(zfs: &Zfs, parent: &DatasetName, names: &mut Names) -> Result<(), ZfsError> {
+    for snapshot in zfs.get(parent, &[prop::CSI_NAME], Depth::All, &[DatasetType::Snapshot]).await? {
+        let name = snapshot.property(prop::CSI_NAME).filter(|p| p.source == PropertySource::Local).map(|p| p.value.clone());
+        if let Some(name) = name {
+            names.entry(name).or_default().insert(snapshot.name.clone());
+        }
+    }
+    Ok(())
 }
 
 impl SnapshotNames {
@@ -30,21 +46,17 @@ impl SnapshotNames {
     pub async fn load(&self, zfs: &Zfs, parents: &[DatasetName]) -> Result<(), ZfsError> {
         self.names
             .get_or_try_init(|| async {
-                let mut names: HashMap<String, BTreeSet<String>> = HashMap::new();
+                let mut names = Names::new();
+                let mut missing = Vec::new();
                 for parent in parents {
-                    let found = match zfs.get(parent, &[prop::CSI_NAME], Depth::All, &[DatasetType::Snapshot]).await {
-                        Ok(found) => found,
-                        Err(ZfsError::NotFound(_)) => continue,
+                    match read_parent(zfs, parent, &mut names).await {
+                        Ok(()) => {}
+                        Err(ZfsError::NotFound(_)) => missing.push(parent.clone()),
                         Err(e) => return Err(e),
-                    };
-                    for snapshot in found {
-                        let name = snapshot.property(prop::CSI_NAME).filter(|p| p.source == PropertySource::Local).map(|p| p.value.clone());
-                        if let Some(name) = name {
-                            names.entry(name).or_default().insert(snapshot.name.clone());
-                        }
                     }
                 }
-                tracing::info!(names = names.len(), "snapshot names read");
+                tracing::info!(names = names.len(), missing = ?missing, "snapshot names read");
+                *self.missing.lock().unwrap_or_else(|p| p.into_inner()) = missing;
                 Ok(Mutex::new(names))
             })
             .await
@@ -54,7 +66,30 @@ impl SnapshotNames {
     /// The snapshots that carried `csi_name` when last seen; `load` first.
     pub async fn candidates(&self, zfs: &Zfs, parents: &[DatasetName], csi_name: &str) -> Result<Vec<String>, ZfsError> {
         self.load(zfs, parents).await?;
+        self.read_late_parents(zfs).await?;
         Ok(self.lock().map(|names| names.get(csi_name).map(|s| s.iter().cloned().collect()).unwrap_or_default()).unwrap_or_default())
+    }
+
+    /// Reads the parents that were missing at start-up and exist now. While one is missing,
+    /// each CreateSnapshot pays one `zfs get` that fails at once.
+    async fn read_late_parents(&self, zfs: &Zfs) -> Result<(), ZfsError> {
+        let missing = self.missing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for parent in missing {
+            let mut found = Names::new();
+            match read_parent(zfs, &parent, &mut found).await {
+                Ok(()) => {}
+                Err(ZfsError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+            tracing::info!(parent = %parent, names = found.len(), "snapshot names read from a parent that appeared after start-up");
+            if let Some(mut names) = self.lock() {
+                for (name, snapshots) in found {
+                    names.entry(name).or_default().extend(snapshots);
+                }
+            }
+            self.missing.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| p != &parent);
+        }
+        Ok(())
     }
 
     /// Records a snapshot the driver made under `csi_name`.
