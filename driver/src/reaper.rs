@@ -18,6 +18,7 @@
 //! clone is known to be gone (destroyed here, or DeleteVolume found it gone).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +61,9 @@ pub enum Deleted {
 pub struct Reaper {
     driver: Arc<Driver>,
     /// A background pass is running.
-    passing: Arc<std::sync::atomic::AtomicBool>,
+    passing: Arc<AtomicBool>,
+    /// A pass was asked for while one was running: it runs again once that one is done.
+    again: Arc<AtomicBool>,
     /// Volumes whose DeleteVolume found them gone: their internal clone snapshots are garbage
     /// at any age.
     gone: Arc<std::sync::Mutex<HashSet<String>>>,
@@ -68,7 +71,7 @@ pub struct Reaper {
 
 impl Reaper {
     pub fn new(driver: Arc<Driver>) -> Self {
-        Self { driver, passing: Arc::default(), gone: Arc::default() }
+        Self { driver, passing: Arc::default(), again: Arc::default(), gone: Arc::default() }
     }
 
     /// Deletes the volume `name` for DeleteVolume; the caller holds its lock. A volume in use
@@ -343,18 +346,28 @@ impl Reaper {
         reaped
     }
 
-    /// Starts a pass in the background unless one is running: a DeleteVolume that finds its
-    /// volume `gone` answers at once, whatever the pass costs. An internal snapshot taken for
-    /// `gone` is reaped by the next pass at any age.
+    /// Starts a pass in the background: a DeleteVolume that finds its volume `gone` answers at
+    /// once, whatever the pass costs. An internal snapshot taken for `gone` is reaped by the
+    /// pass at any age. While a pass runs, one more follows it (which covers every call made
+    /// meanwhile): the running one may have read ZFS before what this call frees was freed.
     pub fn pass_soon(&self, gone: &DatasetName) {
         self.gone.lock().unwrap_or_else(|e| e.into_inner()).insert(gone.to_string());
-        if self.passing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        self.again.store(true, Ordering::Release);
+        if self.passing.swap(true, Ordering::AcqRel) {
             return;
         }
         let reaper = self.clone();
         tokio::spawn(async move {
-            reaper.pass().await;
-            reaper.passing.store(false, std::sync::atomic::Ordering::Release);
+            loop {
+                while reaper.again.swap(false, Ordering::AcqRel) {
+                    reaper.pass().await;
+                }
+                reaper.passing.store(false, Ordering::Release);
+                // A call between the last check and the store above found `passing` still set.
+                if !reaper.again.load(Ordering::Acquire) || reaper.passing.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            }
         });
     }
 
