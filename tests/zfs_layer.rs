@@ -242,10 +242,12 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
     let zfs = layer();
     let marker = "zfs-csi.io:managed-by";
     let mark = "zfs-csi.io:deleted";
+    const CLAIM: &str = "zfs-csi.io:clone-for";
+    const RELEASED: &str = "zfs-csi.io:clone-released";
     let ours = props(&[("mountpoint", "legacy"), (marker, "zfs-csi.io")]);
     let delete = |d: &DatasetName, owner: &'static str| {
         let (zfs, d) = (zfs.clone(), d.clone());
-        async move { zfs.delete_if_owned(&d, marker, owner, mark).await.unwrap() }
+        async move { zfs.delete_if_owned(&d, marker, owner, mark, Some((CLAIM, RELEASED))).await.unwrap() }
     };
 
     let owned = name("ai", "owned");
@@ -318,10 +320,25 @@ async fn delete_if_owned_destroys_only_what_carries_the_marker_itself_and_nothin
     });
     assert!(gone, "the destroyed zvol's device link went away");
 
-    // A clone reports its origin, so the driver can reap what it came from.
+    // A clone reports its origin, so the driver can reap what it came from. An origin taken
+    // for another clone (or for none) is left as it is; one taken for this clone is marked
+    // released in the same step, so a crash right after the destroy cannot hide that it is
+    // garbage.
     let clone = name("ai", "clone");
     zfs.clone_snapshot(&snap, &clone, &ours).await.unwrap();
     assert_eq!(delete(&clone, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: Some(snap.to_string()) });
+    assert_eq!(zfs_get(&snap.to_string(), RELEASED).0, "-", "an origin not taken for this clone is not released");
+    let taken_for = |clone: &DatasetName| with_snapshot.snapshot(&format!("for-{}", clone.as_str().replace('/', "-"))).unwrap();
+    let internal = taken_for(&clone);
+    zfs.snapshot(&internal, &props(&[(CLAIM, clone.as_str())])).await.unwrap();
+    let other = name("ai", "other-clone");
+    zfs.clone_snapshot(&internal, &other, &ours).await.unwrap();
+    assert_eq!(delete(&other, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: Some(internal.to_string()) });
+    assert_eq!(zfs_get(&internal.to_string(), RELEASED).0, "-", "taken for another clone: not released");
+    zfs.clone_snapshot(&internal, &clone, &ours).await.unwrap();
+    assert_eq!(delete(&clone, "zfs-csi.io").await, OwnedDelete::Destroyed { origin: Some(internal.to_string()) });
+    assert_eq!(zfs_get(&internal.to_string(), RELEASED), ("true".into(), "local".into()), "its clone's destroy released it");
+    zfs.destroy_snapshot(&internal, Destroy::Now).await.unwrap();
     for d in [&child, &parent, &foreign, &received, &sent] {
         cli(&["destroy", "-r", d.as_str()]);
     }

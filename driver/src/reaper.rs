@@ -15,7 +15,8 @@
 //! in this process; another process with our driver name on the same pools (a driver pod being
 //! replaced, the test suite's drivers) may be between an internal snapshot and its clone, so an
 //! unused internal snapshot younger than `INTERNAL_SNAPSHOT_GRACE` is only reaped once its
-//! clone is known to be gone (destroyed here, or DeleteVolume found it gone).
+//! clone is known to be gone: destroyed (the destroy marks the snapshot released, atomically,
+//! so a crash right after loses nothing), or named by a DeleteVolume that found it gone.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +34,12 @@ use crate::zfs::{DatasetName, DatasetType, Depth, Destroy, OwnedDelete, Snapshot
 
 /// How often a full pass runs in the background.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(600);
-/// How long a zvol that ZFS calls busy, although nothing this node can see uses it, is retried:
-/// udev opens a new or just-closed zvol's device for a moment to probe it.
+/// How long a zvol that ZFS calls busy is retried before its users are looked for: udev
+/// opens a new or just-closed zvol's device for a moment to probe it.
 const UDEV_BUSY_WINDOW: Duration = Duration::from_secs(3);
+/// How long it is retried while no user can be found at all: udev's probe of a device just
+/// unmounted took over 3 s under emulation on a loaded machine.
+const UNSEEN_BUSY_WINDOW: Duration = Duration::from_secs(15);
 const EBUSY: i32 = 16;
 /// How many volumes' snapshots one `zfs get` lists.
 const SNAPSHOT_BATCH: usize = 200;
@@ -44,6 +48,8 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 /// How old an unused internal clone snapshot must be before a pass reaps it on its own: far
 /// longer than the step from `zfs snapshot` to `zfs clone` in any CreateVolume.
 const INTERNAL_SNAPSHOT_GRACE: Duration = Duration::from_secs(300);
+/// A clone's destroy marks its internal origin snapshot released (`Zfs::delete_if_owned`).
+pub const RELEASE_ORIGIN: Option<(&str, &str)> = Some((prop::CLONE_OF_VOLUME, prop::CLONE_RELEASED));
 
 /// What deleting a volume did.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,7 +95,8 @@ impl Reaper {
                 None => Ok(Deleted::AlreadyGone),
             };
         }
-        let deadline = tokio::time::Instant::now() + UDEV_BUSY_WINDOW;
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + UDEV_BUSY_WINDOW;
         let mut internal_reaped = false;
         loop {
             match self.delete_if_owned(name).await? {
@@ -117,6 +124,12 @@ impl Reaper {
                 OwnedDelete::Refused(EBUSY) => {
                     let mut users = self.users(name, device.clone(), true).await?;
                     if users.is_empty() {
+                        if tokio::time::Instant::now() < started + UNSEEN_BUSY_WINDOW {
+                            // Nothing holds it that this node can see: most likely a probe
+                            // that is about to end. Try again for a while.
+                            deadline = started + UNSEEN_BUSY_WINDOW;
+                            continue;
+                        }
                         users.push("open or mounted where this node's driver cannot see it".into());
                     }
                     return Err(in_use(name, &users));
@@ -143,7 +156,7 @@ impl Reaper {
     async fn delete_if_owned(&self, name: &DatasetName) -> Result<OwnedDelete, Status> {
         self.driver
             .zfs
-            .delete_if_owned(name, prop::MANAGED_BY, &self.driver.name, prop::DELETED)
+            .delete_if_owned(name, prop::MANAGED_BY, &self.driver.name, prop::DELETED, RELEASE_ORIGIN)
             .await
             .map_err(|e| zfs_status(&format!("deleting volume {name}"), e))
     }
@@ -180,7 +193,8 @@ impl Reaper {
         }
         let clone = info.clone_for.clone().unwrap_or_default();
         let held = holding.is_some_and(|h| h.as_str() == clone);
-        if !held && !gone.contains(&clone) && !older_than(info.creation, INTERNAL_SNAPSHOT_GRACE) {
+        let known_garbage = held || info.clone_released || gone.contains(&clone);
+        if !known_garbage && !older_than(info.creation, INTERNAL_SNAPSHOT_GRACE) {
             tracing::debug!(snapshot = %name, "unused internal snapshot too young to reap: a CreateVolume elsewhere may be cloning it");
             return false;
         }

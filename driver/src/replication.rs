@@ -437,7 +437,7 @@ pub async fn destroy_replica_if_unused(driver: &Driver, replica: &DatasetName, v
             }
         }
     }
-    match zfs.delete_if_owned(replica, prop::REPLICA_OWNER, &driver.name, prop::DELETED).await {
+    match zfs.delete_if_owned(replica, prop::REPLICA_OWNER, &driver.name, prop::DELETED, None).await {
         Ok(OwnedDelete::Destroyed { .. }) => tracing::info!(replica = %replica, "replica destroyed: no snapshot left"),
         Ok(other) => tracing::info!(replica = %replica, outcome = ?other, "replica kept"),
         Err(e) => return Err(zfs_status(&format!("deleting replica {replica}"), e)),

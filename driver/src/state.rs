@@ -34,6 +34,9 @@ pub mod prop {
     /// On a snapshot the driver took to clone a volume: the clone it was taken for. Such
     /// snapshots are internal (not listed) and go with their clone.
     pub const CLONE_OF_VOLUME: &str = "zfs-csi.io:clone-for";
+    /// Set on such a snapshot by the channel program that destroys its clone, in the same
+    /// transaction group: garbage from then on, whatever crashes before it is reaped.
+    pub const CLONE_RELEASED: &str = "zfs-csi.io:clone-released";
     /// On a snapshot taken with a VolumeSnapshotClass's `replicateTo`: that dataset, below
     /// which the replica of its volume receives it; on the volume too, so that a restarted
     /// driver finds the volumes whose replication may be unfinished.
@@ -98,6 +101,7 @@ pub const SNAPSHOT_PROPERTIES: &[&str] = &[
     prop::CSI_NAME,
     prop::CAPACITY,
     prop::CLONE_OF_VOLUME,
+    prop::CLONE_RELEASED,
     prop::REPLICATE_TO,
     prop::SOURCE_VOLUME,
     prop::DELETED,
@@ -212,6 +216,8 @@ pub struct SnapshotInfo {
     pub internal: bool,
     /// For an internal snapshot: the clone it was taken for (its volume ID).
     pub clone_for: Option<String>,
+    /// For an internal snapshot: that clone was destroyed (`prop::CLONE_RELEASED`).
+    pub clone_released: bool,
     /// A snapshot taken to be replicated: the dataset its volume's replica lives below. Its
     /// CSI ID is the replica's snapshot (`replication.rs`).
     pub replicate_to: Option<String>,
@@ -237,6 +243,7 @@ impl SnapshotInfo {
             deferred_destroy: dataset.get("defer_destroy") == Some("on"),
             internal: own_property(dataset, prop::CLONE_OF_VOLUME).is_some(),
             clone_for: own_property(dataset, prop::CLONE_OF_VOLUME).map(str::to_string),
+            clone_released: own_property(dataset, prop::CLONE_RELEASED) == Some("true"),
             replicate_to: own_property(dataset, prop::REPLICATE_TO).map(str::to_string),
             source_volume: own_property(dataset, prop::SOURCE_VOLUME).map(str::to_string),
             hidden: own_property(dataset, prop::DELETED) == Some("true"),
@@ -352,5 +359,7 @@ mod tests {
         assert_eq!(base(("clones", "vms/b,vms/c")).clones, ["vms/b", "vms/c"]);
         assert!(!base(("defer_destroy", "on")).is_listed());
         assert!(!base((prop::CLONE_OF_VOLUME, "vms/b")).is_listed());
+        assert!(base((prop::CLONE_RELEASED, "true")).clone_released);
+        assert!(!base((prop::CLONE_RELEASED, "false")).clone_released);
     }
 }

@@ -306,7 +306,13 @@ impl ControllerService {
     pub(super) async fn discard_half_made_clone(&self, request: &VolumeRequest, origin: &CloneOrigin, took_snapshot: bool) {
         match self.driver.volume(&request.name).await {
             Ok(Some(clone)) if clone.managed => {
-                let deleted = self.driver.zfs.delete_if_owned(&request.name, prop::MANAGED_BY, &self.driver.name, prop::DELETED);
+                let deleted = self.driver.zfs.delete_if_owned(
+                    &request.name,
+                    prop::MANAGED_BY,
+                    &self.driver.name,
+                    prop::DELETED,
+                    crate::reaper::RELEASE_ORIGIN,
+                );
                 match deleted.await {
                     Ok(OwnedDelete::Destroyed { .. } | OwnedDelete::NotFound) => {
                         tracing::info!(volume = %request.name, "half-made clone destroyed")

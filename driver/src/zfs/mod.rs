@@ -137,6 +137,7 @@ pub enum OwnedDelete {
 const DELETE_IF_OWNED: &str = r#"
 local argv = (...)["argv"]
 local ds, owner_prop, owner, mark_prop = argv[1], argv[2], argv[3], argv[4]
+local claim_prop, release_prop = argv[5], argv[6]
 if not zfs.exists(ds) then return "missing" end
 local kind = zfs.get_prop(ds, "type")
 if kind ~= "filesystem" and kind ~= "volume" then return "not-owned" end
@@ -153,6 +154,14 @@ if dependent then
   return "marked"
 end
 local origin = zfs.get_prop(ds, "origin")
+if origin and origin ~= "" and claim_prop and claim_prop ~= "" then
+  -- The origin snapshot was taken for this clone: say so on it, in the same transaction
+  -- group as the destroy, so that it is known garbage whatever happens next.
+  local claim, claim_source = zfs.get_prop(origin, claim_prop)
+  if claim == ds and claim_source == origin then
+    zfs.sync.set_prop(origin, release_prop, "true")
+  end
+end
 local err = zfs.sync.destroy(ds)
 if err ~= 0 then return "refused " .. err end
 return "destroyed " .. (origin or "")
@@ -361,14 +370,26 @@ impl Zfs {
 
     /// Destroys the filesystem or volume `name` if `owner_prop` is set on it to `owner`, or
     /// marks it with `mark_prop` while snapshots or children depend on it (see
-    /// `DELETE_IF_OWNED`): the only way the driver destroys a volume. The script reaches
-    /// `zfs program` on standard input as `/dev/stdin`, so it needs no file in the host's
-    /// namespace behind a command prefix.
-    pub async fn delete_if_owned(&self, name: &DatasetName, owner_prop: &str, owner: &str, mark_prop: &str) -> Result<OwnedDelete> {
-        let args: Vec<String> = ["program", name.pool(), "/dev/stdin", name.as_str(), owner_prop, owner, mark_prop]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    /// `DELETE_IF_OWNED`): the only way the driver destroys a volume. With `release_origin`
+    /// = `(claim_prop, release_prop)`, a destroyed clone whose origin snapshot has
+    /// `claim_prop` set on itself to the clone's name gets `release_prop=true` on that
+    /// snapshot in the same transaction group. The script reaches `zfs program` on standard
+    /// input as `/dev/stdin`, so it needs no file in the host's namespace behind a command
+    /// prefix.
+    pub async fn delete_if_owned(
+        &self,
+        name: &DatasetName,
+        owner_prop: &str,
+        owner: &str,
+        mark_prop: &str,
+        release_origin: Option<(&str, &str)>,
+    ) -> Result<OwnedDelete> {
+        let (claim_prop, release_prop) = release_origin.unwrap_or(("", ""));
+        let args: Vec<String> =
+            ["program", name.pool(), "/dev/stdin", name.as_str(), owner_prop, owner, mark_prop, claim_prop, release_prop]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         let command = format!("zfs {}", args.join(" "));
         let output = self.run_with_input("zfs", &args, Some(DELETE_IF_OWNED.as_bytes())).await?;
         channel_program_result(&output)
