@@ -21,7 +21,7 @@ use crate::zfs::{DatasetName, DatasetType, Depth, PropertySource, Zfs, ZfsError}
 #[derive(Default)]
 pub struct SnapshotNames {
     /// CSI name → full snapshot names (a replicated snapshot has its local one and its copy).
-    names: OnceCell<Mutex<HashMap<String, BTreeSet<String>>>>,
+    names: OnceCell<Mutex<Names>>,
     /// Parents that did not exist at start-up (a pool imported late): read when they appear.
     missing: Mutex<Vec<DatasetName>>,
 }
@@ -99,7 +99,7 @@ impl SnapshotNames {
         }
     }
 
-    fn lock(&self) -> Option<std::sync::MutexGuard<'_, HashMap<String, BTreeSet<String>>>> {
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Names>> {
         self.names.get().map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 }
