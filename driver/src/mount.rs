@@ -293,13 +293,24 @@ pub fn bind(source: &Path, target: &Path, options: &[String], read_only: bool) -
     Ok(())
 }
 
-/// Unmounts everything stacked at `target`; nothing mounted is success.
+/// How long an unmount that the kernel calls busy is retried. The VM suite saw a raw block
+/// target (a device node bind-mounted on a file) refused with EBUSY right after its writer had
+/// closed it; a moment later it unmounts. A real user (a pod's process) still gets EBUSY,
+/// after this long, and the kubelet retries.
+const UNMOUNT_BUSY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Unmounts everything stacked at `target`; nothing mounted is success. Never lazily
+/// (MNT_DETACH): a filesystem still in use must stay where its user sees it.
 pub fn unmount_all(target: &Path) -> Result<(), MountError> {
+    let deadline = std::time::Instant::now() + UNMOUNT_BUSY_WINDOW;
     while mount_at(target)?.is_some() {
-        umount2(target, MntFlags::empty()).map_err(|errno| MountError::Unmount {
-            target: target.display().to_string(),
-            errno,
-        })?;
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(errno) => return Err(MountError::Unmount { target: target.display().to_string(), errno }),
+        }
     }
     Ok(())
 }

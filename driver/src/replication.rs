@@ -335,13 +335,16 @@ impl Replicator {
         if let Some(csi_name) = &local.csi_name {
             props.push((prop::CSI_NAME.to_string(), csi_name.clone()));
         }
-        zfs.set(target, &props).await.map_err(|e| zfs_status(&format!("marking {target}"), e))?;
-        if let Some(csi_name) = &local.csi_name {
-            self.driver.snapshot_names.insert(csi_name, &target.to_string());
-        }
+        // The bookmark before the mark: the mark makes the snapshot ready, and a VolumeSnapshot
+        // deleted as soon as it is ready takes the local snapshot, the next send's only base
+        // without the bookmark.
         match zfs.bookmark(snapshot, &bookmark_name(snapshot.short_name())).await {
             Ok(()) | Err(ZfsError::AlreadyExists(_)) => {}
             Err(e) => tracing::warn!(snapshot = %snapshot, "cannot bookmark the replicated snapshot: {e}"),
+        }
+        zfs.set(target, &props).await.map_err(|e| zfs_status(&format!("marking {target}"), e))?;
+        if let Some(csi_name) = &local.csi_name {
+            self.driver.snapshot_names.insert(csi_name, &target.to_string());
         }
         self.prune(volume, replica, target).await;
         tracing::info!(snapshot = %snapshot, replica = %target, "replicated");
