@@ -65,6 +65,8 @@ struct VolumeState {
 /// backup job snapshotting many PVCs at once must not turn the replica's disks into random
 /// I/O.
 const TRANSFERS_IN_FLIGHT: usize = 2;
+/// How long a resume waits, in seconds, for another receive that still owns the replica.
+const RESUME_BUSY_SECONDS: u32 = 60;
 
 pub struct Replicator {
     driver: Arc<Driver>,
@@ -250,7 +252,19 @@ impl Replicator {
         let replica_exists = match zfs.receive_resume_token(replica).await {
             Ok(Some(token)) => {
                 tracing::info!(replica = %replica, "resuming an interrupted receive");
-                let bytes = zfs.send_receive(&SendStream::Resume { token }, replica, true, &Vec::new()).await;
+                // The token shows while the receive that left it may still own the dataset (a
+                // killed driver's `zfs receive` finishing what was in its pipe): busy is
+                // waited out.
+                let mut busy_for = 0;
+                let bytes = loop {
+                    match zfs.send_receive(&SendStream::Resume { token: token.clone() }, replica, true, &Vec::new()).await {
+                        Err(ZfsError::Busy(_)) if busy_for < RESUME_BUSY_SECONDS => {
+                            busy_for += 1;
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                        other => break other,
+                    }
+                };
                 return self.finish_transfer(replica, bytes.map(|b| (b, "resumed")), &what).await;
             }
             Ok(None) => true,
@@ -306,9 +320,12 @@ impl Replicator {
                 Ok(())
             }
             Err(e) => {
-                if let Ok(Some(_)) = self.driver.zfs.receive_resume_token(replica).await {
-                    if let Err(abort) = self.driver.zfs.abort_receive(replica).await {
-                        tracing::warn!(replica = %replica, "cannot discard the failed receive: {abort}");
+                // Busy: another receive owns the replica, and its state is not ours to discard.
+                if !matches!(e, ZfsError::Busy(_)) {
+                    if let Ok(Some(_)) = self.driver.zfs.receive_resume_token(replica).await {
+                        if let Err(abort) = self.driver.zfs.abort_receive(replica).await {
+                            tracing::warn!(replica = %replica, "cannot discard the failed receive: {abort}");
+                        }
                     }
                 }
                 Err(zfs_status(what, e))

@@ -53,6 +53,9 @@ const PATTERNS: &[(&str, Kind)] = &[
     ("has children", Kind::HasDependents),
     ("snapshots or clones", Kind::HasDependents),
     ("is busy", Kind::Busy),
+    // libzfs's message for EBUSY from a receive into a dataset with a resume token: another
+    // `zfs receive` (a killed driver's, still finishing) owns it.
+    ("contains partially-complete state", Kind::Busy),
     ("target is busy", Kind::Busy),
     ("out of space", Kind::NoSpace),
     ("size is greater than available space", Kind::NoSpace),
@@ -162,6 +165,11 @@ mod tests {
     fn busy_dataset_is_busy() {
         assert!(matches!(
             classify("cannot destroy 'vms/a': dataset is busy"),
+            ZfsError::Busy(_)
+        ));
+        // A resume while the interrupted receive still owns the dataset (EBUSY with a token).
+        assert!(matches!(
+            classify("cannot receive resume stream: destination tank/b/vms:pvc contains partially-complete state from \"zfs receive -s\"."),
             ZfsError::Busy(_)
         ));
     }
