@@ -169,30 +169,13 @@ async fn assert_converges(parent: &str, expected: &str) {
     assert_eq!(inventory(parent), expected, "what ZFS holds did not converge to what it held before");
 }
 
-/// A fresh parent for one test, destroyed at the end (also after a failure).
-struct Parent(String);
-
-impl Parent {
-    fn new(pool: &str, prefix: &str) -> Self {
-        let name = format!("{pool}/{}", unique(prefix));
-        zfs(&["create", &name]);
-        Parent(name)
-    }
-}
-
-impl Drop for Parent {
-    fn drop(&mut self) {
-        let _ = run("zfs", &["destroy", "-R", &self.0]);
-    }
-}
-
 /// Create, snapshot, restore, clone from the volume, expand, then delete everything in the
 /// order that defers the most (source first, clones last), on datasets and raw zvols, with
 /// the driver SIGKILLed at random moments throughout.
 #[tokio::test]
 #[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
 async fn killed_at_random_points_every_lifecycle_converges() {
-    let parent = Parent::new("tank", "crash");
+    let parent = TestParent::new("tank", "crash");
     let p = parent.0.clone();
     let before = inventory(&p);
     let mut rng = Rng::seeded();
@@ -240,7 +223,7 @@ async fn killed_at_random_points_every_lifecycle_converges() {
 #[tokio::test]
 #[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
 async fn a_namespace_deletion_race_leaves_nothing_and_loses_nothing() {
-    let parent = Parent::new("vms", "race");
+    let parent = TestParent::new("vms", "race");
     let p = parent.0.clone();
     let d = DriverProcess::start(&p).await;
     let keep = d.create(create_request("pvc-race-keep", &p, mount_capability(""), 64 * MIB)).await;
@@ -296,7 +279,7 @@ async fn a_namespace_deletion_race_leaves_nothing_and_loses_nothing() {
 #[tokio::test]
 #[ignore = "needs real ZFS: run by hack/test.sh inside the test VM"]
 async fn another_drivers_pass_spares_a_clone_snapshot_in_flight() {
-    let parent = Parent::new("vms", "inflight");
+    let parent = TestParent::new("vms", "inflight");
     let p = parent.0.clone();
     let before = inventory(&p);
     let a = DriverProcess::start(&p).await;

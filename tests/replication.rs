@@ -40,27 +40,17 @@ impl Drop for ScratchPool {
 struct OwnParents {
     vms: String,
     tank: String,
+    _parents: [TestParent; 2],
 }
 
 impl OwnParents {
     fn new() -> Self {
-        let name = unique("repl");
-        let (vms, tank) = (format!("vms/{name}"), format!("tank/{name}"));
-        zfs(&["create", &vms]);
-        zfs(&["create", &tank]);
-        Self { vms, tank }
+        let parents = [TestParent::new("vms", "repl"), TestParent::new("tank", "repl")];
+        Self { vms: parents[0].0.clone(), tank: parents[1].0.clone(), _parents: parents }
     }
 
     fn both(&self) -> String {
         format!("{},{}", self.vms, self.tank)
-    }
-}
-
-impl Drop for OwnParents {
-    fn drop(&mut self) {
-        for parent in [&self.vms, &self.tank] {
-            let _ = run("zfs", &["destroy", "-R", parent]);
-        }
     }
 }
 

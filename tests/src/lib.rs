@@ -205,6 +205,24 @@ impl Drop for DriverProcess {
 }
 
 /// A tonic channel over a unix socket.
+/// A fresh parent dataset `<pool>/<prefix>-…` for one test, destroyed with everything below it
+/// at the end (also after a failure).
+pub struct TestParent(pub String);
+
+impl TestParent {
+    pub fn new(pool: &str, prefix: &str) -> Self {
+        let name = format!("{pool}/{}", unique(prefix));
+        zfs(&["create", &name]);
+        TestParent(name)
+    }
+}
+
+impl Drop for TestParent {
+    fn drop(&mut self) {
+        let _ = run("zfs", &["destroy", "-R", &self.0]);
+    }
+}
+
 /// Waits up to `timeout` for `needle` to appear in the driver log `log` (see
 /// `DriverProcess::start_logging_to`); whether it did.
 pub async fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> bool {
